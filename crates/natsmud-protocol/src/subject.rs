@@ -1,0 +1,224 @@
+//! NATS subjects. [`Subject::render`] is the only code that builds a subject and
+//! [`Subject::parse`] the only code that reads one, so publisher and subscriber cannot drift.
+
+use std::fmt;
+
+use crate::ids::{PlayerId, RoomId, SubZoneId, is_subject_token};
+
+/// An optional prefix put in front of every subject so several worlds can share one NATS.
+/// Empty by default; otherwise dot-separated tokens of `[A-Za-z0-9_-]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubjectPrefix(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "subject prefix {0:?} must be dot-separated tokens of letters, digits, '_' and '-' (or empty)"
+)]
+pub struct BadPrefix(pub String);
+
+impl SubjectPrefix {
+    pub fn parse(value: &str) -> Result<Self, BadPrefix> {
+        if value.is_empty() || value.split('.').all(is_subject_token) {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(BadPrefix(value.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The one subscription that sees every natsmud subject of this world, `events.*`
+    /// and `chat.*` alike. One subscription, not two, because NATS keeps the order of
+    /// messages on one subscription but a client merging two can interleave them, and a
+    /// room's events travel on both `events.` and `chat.` subjects.
+    pub fn wildcard(&self) -> String {
+        if self.0.is_empty() {
+            ">".to_owned()
+        } else {
+            format!("{}.>", self.0)
+        }
+    }
+}
+
+/// Every subject natsmud publishes to. Ids are borrowed `&str` so that a subscriber can
+/// parse without allocating; constructors take the validated id types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject<'a> {
+    PlayerEntered(&'a str),
+    PlayerLeft(&'a str),
+    GameTick,
+    Say(&'a str),
+    Emote(&'a str),
+    Pose(&'a str),
+    Local(&'a str),
+    Global,
+    Whisper(&'a str),
+    System,
+}
+
+impl<'a> Subject<'a> {
+    pub fn player_entered(room: &'a RoomId) -> Self {
+        Self::PlayerEntered(room.as_str())
+    }
+    pub fn player_left(room: &'a RoomId) -> Self {
+        Self::PlayerLeft(room.as_str())
+    }
+    pub fn say(room: &'a RoomId) -> Self {
+        Self::Say(room.as_str())
+    }
+    pub fn emote(room: &'a RoomId) -> Self {
+        Self::Emote(room.as_str())
+    }
+    pub fn pose(room: &'a RoomId) -> Self {
+        Self::Pose(room.as_str())
+    }
+    pub fn local(sub_zone: &'a SubZoneId) -> Self {
+        Self::Local(sub_zone.as_str())
+    }
+    pub fn whisper(target: &'a PlayerId) -> Self {
+        Self::Whisper(target.as_str())
+    }
+
+    /// The room whose members receive this subject, for room events.
+    pub fn room(&self) -> Option<&'a str> {
+        match *self {
+            Self::PlayerEntered(r) | Self::PlayerLeft(r) | Self::Say(r) | Self::Emote(r) => Some(r),
+            Self::Pose(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn parts(&self) -> (&'static str, Option<&'a str>) {
+        match *self {
+            Self::PlayerEntered(r) => ("events.player_entered", Some(r)),
+            Self::PlayerLeft(r) => ("events.player_left", Some(r)),
+            Self::GameTick => ("events.game_tick", None),
+            Self::Say(r) => ("chat.say", Some(r)),
+            Self::Emote(r) => ("chat.emote", Some(r)),
+            Self::Pose(r) => ("chat.pose", Some(r)),
+            Self::Local(z) => ("chat.local", Some(z)),
+            Self::Global => ("chat.global", None),
+            Self::Whisper(p) => ("chat.whisper", Some(p)),
+            Self::System => ("chat.system", None),
+        }
+    }
+
+    /// The subject string, with the world's prefix.
+    pub fn render(&self, prefix: &SubjectPrefix) -> String {
+        let (stem, id) = self.parts();
+        let mut out = String::with_capacity(prefix.0.len() + stem.len() + 66);
+        if !prefix.0.is_empty() {
+            out.push_str(&prefix.0);
+            out.push('.');
+        }
+        out.push_str(stem);
+        if let Some(id) = id {
+            out.push('.');
+            out.push_str(id);
+        }
+        out
+    }
+
+    /// Reads a subject back; `None` for anything natsmud did not build (including ids that
+    /// are not valid subject tokens).
+    pub fn parse(prefix: &SubjectPrefix, subject: &'a str) -> Option<Self> {
+        let rest = if prefix.0.is_empty() {
+            subject
+        } else {
+            subject.strip_prefix(prefix.0.as_str())?.strip_prefix('.')?
+        };
+        let (family, rest) = rest.split_once('.')?;
+        let (kind, id) = match rest.split_once('.') {
+            Some((kind, id)) => (kind, Some(id)),
+            None => (rest, None),
+        };
+        if let Some(id) = id
+            && !is_subject_token(id)
+        {
+            return None;
+        }
+        Some(match (family, kind, id) {
+            ("events", "player_entered", Some(r)) => Self::PlayerEntered(r),
+            ("events", "player_left", Some(r)) => Self::PlayerLeft(r),
+            ("events", "game_tick", None) => Self::GameTick,
+            ("chat", "say", Some(r)) => Self::Say(r),
+            ("chat", "emote", Some(r)) => Self::Emote(r),
+            ("chat", "pose", Some(r)) => Self::Pose(r),
+            ("chat", "local", Some(z)) => Self::Local(z),
+            ("chat", "global", None) => Self::Global,
+            ("chat", "whisper", Some(p)) => Self::Whisper(p),
+            ("chat", "system", None) => Self::System,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Subject<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render(&SubjectPrefix::default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn all(id: &str) -> Vec<Subject<'_>> {
+        vec![
+            Subject::PlayerEntered(id),
+            Subject::PlayerLeft(id),
+            Subject::GameTick,
+            Subject::Say(id),
+            Subject::Emote(id),
+            Subject::Pose(id),
+            Subject::Local(id),
+            Subject::Global,
+            Subject::Whisper(id),
+            Subject::System,
+        ]
+    }
+
+    #[test]
+    fn renders_the_design_subjects() {
+        let room = RoomId::parse("r_1").unwrap_or_else(|e| panic!("{e}"));
+        let none = SubjectPrefix::default();
+        assert_eq!(Subject::player_entered(&room).render(&none), "events.player_entered.r_1");
+        assert_eq!(Subject::GameTick.render(&none), "events.game_tick");
+        assert_eq!(Subject::Whisper("p-9").render(&none), "chat.whisper.p-9");
+        let world = SubjectPrefix::parse("w1.eu").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Subject::Say("r_1").render(&world), "w1.eu.chat.say.r_1");
+        assert_eq!(world.wildcard(), "w1.eu.>");
+        assert_eq!(none.wildcard(), ">");
+    }
+
+    #[test]
+    fn refuses_foreign_subjects() {
+        let none = SubjectPrefix::default();
+        for s in ["_INBOX.abc.def", "events.player_entered", "chat.say.a.b", "chat.global.x", "x"] {
+            assert_eq!(Subject::parse(&none, s), None, "{s}");
+        }
+        let world = SubjectPrefix::parse("w1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Subject::parse(&world, "events.game_tick"), None);
+        assert_eq!(Subject::parse(&world, "w1x.events.game_tick"), None);
+        assert_eq!(Subject::parse(&world, "w1.events.game_tick"), Some(Subject::GameTick));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_inverts_render(id in "[A-Za-z0-9_-]{1,64}", prefix in "([a-z0-9]{1,8}(\\.[a-z0-9]{1,8}){0,2})?") {
+            let prefix = SubjectPrefix::parse(&prefix).unwrap_or_else(|e| panic!("{e}"));
+            for subject in all(&id) {
+                let rendered = subject.render(&prefix);
+                prop_assert_eq!(Subject::parse(&prefix, &rendered), Some(subject));
+            }
+        }
+
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,80}") {
+            let _ = Subject::parse(&SubjectPrefix::default(), &s);
+        }
+    }
+}
