@@ -1,14 +1,31 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! natsmud: a multiplayer text-game server whose real-time events travel through NATS.
+//!
+//! How a command becomes what other players see:
+//!
+//! ```text
+//!  socket ─► routes::ws (parse: natsmud_protocol) ─► game::Session ─► realtime::EventPublisher ─► NATS
+//!  NATS ─► realtime::nats_handler (route, number) ─► realtime::ConnectionManager ─► writer task ─► socket
+//! ```
+//!
+//! - [`config`]: settings from flags and `NATSMUD_…` variables.
+//! - [`startup`]: [`startup::run`] takes a bound listener and a shutdown future (tests bind
+//!   port 0); it wires everything below together and drains on shutdown.
+//! - [`world`]: rooms, zones and sub-zones from JSON, validated at load.
+//! - [`db`] and [`auth`]: accounts in SQLite, argon2id passwords, JWT access tokens.
+//! - [`routes`]: HTTP (`/api/auth/*`, `/health`) and the WebSocket (`/api/ws`).
+//! - [`game`]: what each command does. Other players only ever learn of it through NATS.
+//! - [`realtime`]: the event path: publisher, NATS handler and connection manager (the one
+//!   place that knows who is connected and in which room).
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod game;
+pub mod nats;
+pub mod realtime;
+pub mod routes;
+pub mod startup;
+pub mod world;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use config::Config;

@@ -1,0 +1,10 @@
+-- One row per account. `username_folded` makes names unique case-insensitively;
+-- `room_id` is where the player was last, so a restart puts them back there.
+CREATE TABLE players (
+    id TEXT PRIMARY KEY NOT NULL,
+    username TEXT NOT NULL,
+    username_folded TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    room_id TEXT,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);

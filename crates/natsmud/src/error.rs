@@ -1,0 +1,62 @@
+//! HTTP errors: one enum, mapped to a status and a JSON body in one place.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Malformed(String),
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    #[error("invalid username or password")]
+    BadCredentials,
+    #[error("missing, invalid or expired access token")]
+    BadToken,
+    #[error("that username is taken")]
+    UsernameTaken,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed_request"),
+            Self::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            Self::BadCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            Self::BadToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            Self::UsernameTaken => (StatusCode::CONFLICT, "username_taken"),
+            Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+/// The JSON error body every endpoint uses.
+pub fn error_body(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        if let Self::Internal(error) = &self {
+            tracing::error!(error = format!("{error:#}"), "request failed");
+        }
+        error_body(status, code, &self.to_string())
+    }
+}
+
+impl From<crate::db::DbError> for ApiError {
+    fn from(error: crate::db::DbError) -> Self {
+        match error {
+            crate::db::DbError::UsernameTaken => Self::UsernameTaken,
+            other => Self::Internal(other.into()),
+        }
+    }
+}

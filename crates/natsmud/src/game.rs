@@ -1,0 +1,339 @@
+//! Game logic: runs one player's commands. Anything other players see is published through
+//! the EventPublisher; only the actor's own replies (command_response, room_update, error)
+//! go straight to the actor's socket.
+
+use natsmud_protocol::command::HELP_TEXT;
+use natsmud_protocol::envelope::{
+    ChatMessageData, CommandResponseData, ErrorData, GameStateData, PlayerInfo, PresenceData,
+    RoomUpdateData,
+};
+use natsmud_protocol::{
+    Command, Direction, Envelope, ErrorCode, EventType, PlayerId, PlayerName, ProtocolError,
+    RoomId, Subject,
+};
+
+use crate::realtime::connection_manager::ConnectionHandle;
+use crate::realtime::PublishError;
+use crate::startup::AppState;
+use crate::world::Room;
+
+/// What the connection does after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Quit,
+}
+
+/// One player's session: the commands of one connection, run in order.
+pub struct Session<'a> {
+    pub app: &'a AppState,
+    pub conn: &'a ConnectionHandle,
+}
+
+impl Session<'_> {
+    fn me(&self) -> &PlayerId {
+        &self.conn.player_id
+    }
+
+    fn my_name(&self) -> &PlayerName {
+        &self.conn.name
+    }
+
+    pub fn send_error(&self, error: &ProtocolError) {
+        self.conn.send_direct(Envelope::new(
+            EventType::Error,
+            ErrorData {
+                code: error.code.as_str().to_owned(),
+                message: error.message.clone(),
+            },
+        ));
+    }
+
+    fn respond(&self, result: impl Into<String>) {
+        self.conn.send_direct(Envelope::new(
+            EventType::CommandResponse,
+            CommandResponseData { result: result.into() },
+        ));
+    }
+
+    fn current_room(&self) -> Result<&Room, ProtocolError> {
+        self.app
+            .manager
+            .room_of(self.me())
+            .and_then(|id| self.app.world.room(id.as_str()))
+            .ok_or_else(|| ProtocolError::new(ErrorCode::Internal, "You are nowhere; reconnect."))
+    }
+
+    fn require_event_bus(&self) -> Result<(), ProtocolError> {
+        if self.app.publisher.is_connected() {
+            Ok(())
+        } else {
+            Err(bus_error(&PublishError::Unavailable))
+        }
+    }
+
+    /// The first frame of a connection.
+    pub fn send_game_state(&self, room: &Room) {
+        let occupants = self.app.manager.occupants(&room.id);
+        self.conn.send_direct(
+            Envelope::new(
+                EventType::GameState,
+                GameStateData {
+                    player: PlayerInfo {
+                        id: self.me().clone(),
+                        name: self.my_name().to_string(),
+                    },
+                    room: room.view(),
+                    occupant_count: occupants.len(),
+                    occupants,
+                },
+            )
+            .in_room(room.id.clone())
+            .by_player(self.me().clone()),
+        );
+    }
+
+    /// Tells the room the player arrived in the game (login) or left it (disconnect).
+    pub async fn announce_presence(&self, room: &RoomId, entered: bool) {
+        let name = self.my_name();
+        let (event_type, subject, message) = if entered {
+            (EventType::PlayerEnteredGame, Subject::player_entered(room), format!("{name} has entered the game."))
+        } else {
+            (EventType::PlayerLeftGame, Subject::player_left(room), format!("{name} has left the game."))
+        };
+        let envelope = presence(event_type, self.me(), name, room, message);
+        // A failure is logged and counted by the publisher; the login or logout stands.
+        let _ = self.app.publisher.publish(subject, &envelope).await;
+    }
+
+    pub async fn run(&self, command: Command) -> Flow {
+        match self.execute(command).await {
+            Ok(flow) => flow,
+            Err(error) => {
+                self.send_error(&error);
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn execute(&self, command: Command) -> Result<Flow, ProtocolError> {
+        match command {
+            Command::Look => {
+                let room = self.current_room()?;
+                self.respond(describe(room, &self.occupants(&room.id)));
+            }
+            Command::Go(direction) => self.go(direction).await?,
+            Command::Say(text) => {
+                self.room_chat("say", format!("{} says: {text}", self.my_name())).await?;
+                self.respond(format!("You say: {text}"));
+            }
+            Command::Emote(text) => {
+                let line = format!("{} {}", self.my_name(), punctuated(&text));
+                self.room_chat("emote", line.clone()).await?;
+                self.respond(line);
+            }
+            Command::Pose(text) => {
+                let line = format!("{} {}", self.my_name(), text);
+                self.room_chat("pose", line.clone()).await?;
+                self.respond(line);
+            }
+            Command::Whisper { target, message } => {
+                let (target_id, target_name) = self
+                    .app
+                    .manager
+                    .find_by_name(&target)
+                    .ok_or_else(|| player_not_found(&target))?;
+                self.whisper(target_id, target_name, &message).await?;
+            }
+            Command::Reply(message) => {
+                let target_id = self.app.manager.last_whisper_from(self.me()).ok_or_else(|| {
+                    ProtocolError::new(ErrorCode::NoReplyTarget, "Nobody has whispered to you yet.")
+                })?;
+                let target_name = self.app.manager.name_of(&target_id).ok_or_else(|| {
+                    ProtocolError::new(ErrorCode::PlayerNotFound, "They are no longer online.")
+                })?;
+                self.whisper(target_id, target_name, &message).await?;
+            }
+            Command::Local(text) => {
+                self.require_event_bus()?;
+                let room = self.current_room()?;
+                let envelope = self.chat_envelope("local", format!("{} says (local): {text}", self.my_name()));
+                self.app
+                    .publisher
+                    .publish(Subject::local(&room.sub_zone), &envelope)
+                    .await
+                    .map_err(|e| bus_error(&e))?;
+                self.respond(format!("You say (local): {text}"));
+            }
+            Command::Global(text) => {
+                self.require_event_bus()?;
+                let envelope = self.chat_envelope("global", format!("{} says (global): {text}", self.my_name()));
+                self.app
+                    .publisher
+                    .publish(Subject::Global, &envelope)
+                    .await
+                    .map_err(|e| bus_error(&e))?;
+                self.respond(format!("You say (global): {text}"));
+            }
+            Command::Who => {
+                let names = self.app.manager.who();
+                self.respond(format!("Players online ({}): {}", names.len(), names.join(", ")));
+            }
+            Command::Help => self.respond(HELP_TEXT),
+            Command::Quit => {
+                self.respond("Goodbye. The fog closes behind you.");
+                return Ok(Flow::Quit);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn go(&self, direction: Direction) -> Result<(), ProtocolError> {
+        let from = self.current_room()?;
+        let to_id = from.exit(direction).ok_or_else(|| {
+            ProtocolError::new(ErrorCode::NoExit, format!("You cannot go {direction} from here."))
+        })?;
+        let to = self
+            .app
+            .world
+            .room(to_id.as_str())
+            .ok_or_else(|| ProtocolError::new(ErrorCode::Internal, "That way leads nowhere."))?;
+        self.require_event_bus()?;
+        self.app
+            .manager
+            .move_player(self.me(), &to.id)
+            .map_err(|e| ProtocolError::new(ErrorCode::Internal, e.to_string()))?;
+
+        let name = self.my_name();
+        let left = presence(EventType::PlayerLeft, self.me(), name, &from.id, format!("{name} leaves the room."));
+        let entered = presence(EventType::PlayerEntered, self.me(), name, &to.id, format!("{name} enters the room."));
+        let left_result = self.app.publisher.publish(Subject::player_left(&from.id), &left).await;
+        let entered_result = self.app.publisher.publish(Subject::player_entered(&to.id), &entered).await;
+
+        let occupants = self.occupants(&to.id);
+        self.conn.send_direct(
+            Envelope::new(
+                EventType::RoomUpdate,
+                RoomUpdateData {
+                    room: to.view(),
+                    occupant_count: occupants.len(),
+                    occupants,
+                },
+            )
+            .in_room(to.id.clone()),
+        );
+        if let Err(error) = self.app.accounts.set_room(self.me(), &to.id).await {
+            tracing::error!(%error, "could not store the player's room");
+        }
+        // The move stands (the player is in the new room); say which notices were lost.
+        left_result.and(entered_result).map_err(|e| bus_error(&e))
+    }
+
+    /// Publishes speech to the actor's room on the channel's subject.
+    async fn room_chat(&self, channel: &'static str, line: String) -> Result<(), ProtocolError> {
+        self.require_event_bus()?;
+        let room = self.current_room()?;
+        let subject = match channel {
+            "say" => Subject::say(&room.id),
+            "emote" => Subject::emote(&room.id),
+            _ => Subject::pose(&room.id),
+        };
+        let envelope = self.chat_envelope(channel, line).in_room(room.id.clone());
+        self.app
+            .publisher
+            .publish(subject, &envelope)
+            .await
+            .map_err(|e| bus_error(&e))
+    }
+
+    async fn whisper(
+        &self,
+        target_id: PlayerId,
+        target_name: PlayerName,
+        message: &str,
+    ) -> Result<(), ProtocolError> {
+        if &target_id == self.me() {
+            self.respond("You mutter to yourself.");
+            return Ok(());
+        }
+        self.require_event_bus()?;
+        let mut envelope = self.chat_envelope("whisper", format!("{} whispers to you: {message}", self.my_name()));
+        envelope.data.target_id = Some(target_id.clone());
+        envelope.data.target_name = Some(target_name.to_string());
+        self.app
+            .publisher
+            .publish(Subject::whisper(&target_id), &envelope)
+            .await
+            .map_err(|e| bus_error(&e))?;
+        self.respond(format!("You whisper to {target_name}: {message}"));
+        Ok(())
+    }
+
+    fn chat_envelope(&self, channel: &str, message: String) -> Envelope<ChatMessageData> {
+        Envelope::new(
+            EventType::ChatMessage,
+            ChatMessageData {
+                channel: channel.to_owned(),
+                sender_id: self.me().clone(),
+                player_name: self.my_name().to_string(),
+                message,
+                message_id: uuid::Uuid::new_v4().simple().to_string(),
+                target_id: None,
+                target_name: None,
+            },
+        )
+        .by_player(self.me().clone())
+    }
+
+    fn occupants(&self, room: &RoomId) -> Vec<String> {
+        self.app.manager.occupants(room)
+    }
+}
+
+fn presence(
+    event_type: EventType,
+    player: &PlayerId,
+    name: &PlayerName,
+    room: &RoomId,
+    message: String,
+) -> Envelope<PresenceData> {
+    Envelope::new(
+        event_type,
+        PresenceData {
+            player_id: player.clone(),
+            player_name: name.to_string(),
+            message,
+        },
+    )
+    .in_room(room.clone())
+    .by_player(player.clone())
+}
+
+fn bus_error(error: &PublishError) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::EventBusUnavailable,
+        format!("The world cannot hear you right now ({error}); try again in a moment."),
+    )
+}
+
+fn player_not_found(name: &str) -> ProtocolError {
+    ProtocolError::new(ErrorCode::PlayerNotFound, format!("No player named '{name}' is online."))
+}
+
+fn punctuated(text: &str) -> String {
+    if text.ends_with(['.', '!', '?', '"', '\'']) {
+        text.to_owned()
+    } else {
+        format!("{text}.")
+    }
+}
+
+/// The text of `look`.
+pub fn describe(room: &Room, occupants: &[String]) -> String {
+    let exits: Vec<&str> = room.exits.keys().map(String::as_str).collect();
+    let mut text = format!("{}\n{}\nExits: {}", room.name, room.description, if exits.is_empty() { "none".to_owned() } else { exits.join(", ") });
+    if !occupants.is_empty() {
+        text.push_str(&format!("\nHere: {}", occupants.join(", ")));
+    }
+    text
+}

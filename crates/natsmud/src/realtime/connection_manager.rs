@@ -1,0 +1,454 @@
+//! The one source of truth for who is connected to this node and which room each player is
+//! in, and the fan-out of frames to their sockets.
+//!
+//! Each connection has a bounded outbound queue drained by one writer task. Delivery never
+//! waits: a full queue closes that connection as a slow consumer (4008) and delivery to
+//! everyone else goes on. The state lock is a plain `std` lock, only ever held for map
+//! operations and `try_send`s, never across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use axum::extract::ws::Utf8Bytes;
+use natsmud_protocol::{Envelope, PlayerId, PlayerName, RoomId};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// One serialised envelope, shared by every recipient (cloning is a reference count).
+pub type Frame = Utf8Bytes;
+
+/// Why the server closes a connection; sent as the WebSocket close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: &'static str,
+    /// Whether frames already queued are written before the close frame. A slow consumer's
+    /// queue is dropped: it is the reason for closing.
+    pub drain: bool,
+}
+
+impl CloseReason {
+    pub const NORMAL: Self = Self { code: 1000, reason: "goodbye", drain: true };
+    pub const SHUTDOWN: Self = Self { code: 1001, reason: "server shutting down", drain: true };
+    pub const PING_TIMEOUT: Self = Self { code: 1001, reason: "ping timeout", drain: false };
+    pub const UNSUPPORTED: Self = Self { code: 1003, reason: "binary frames are not supported", drain: true };
+    pub const TOO_BIG: Self = Self { code: 1009, reason: "frame too large", drain: true };
+    pub const REPLACED: Self = Self { code: 4001, reason: "logged in from another connection", drain: true };
+    pub const SLOW_CONSUMER: Self = Self { code: 4008, reason: "slow consumer", drain: false };
+}
+
+/// Closes a connection from anywhere (the router, a replacing login, shutdown) even when
+/// its queue is full.
+#[derive(Debug, Default)]
+pub struct Kick {
+    token: CancellationToken,
+    reason: OnceLock<CloseReason>,
+}
+
+impl Kick {
+    /// The first reason wins; later ones are ignored.
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    pub fn reason(&self) -> CloseReason {
+        self.reason.get().copied().unwrap_or(CloseReason::NORMAL)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    pub async fn closed(&self) {
+        self.token.cancelled().await
+    }
+}
+
+/// A connected player as the router sees it.
+#[derive(Debug)]
+struct Member {
+    connection: u64,
+    name: PlayerName,
+    tx: mpsc::Sender<Frame>,
+    kick: Arc<Kick>,
+    /// Who whispered to this player last, for `reply`.
+    last_whisper_from: Mutex<Option<PlayerId>>,
+}
+
+impl Member {
+    fn offer(&self, frame: &Frame) -> bool {
+        match self.tx.try_send(frame.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.kick.close(CloseReason::SLOW_CONSUMER);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    players: HashMap<PlayerId, (Arc<Member>, RoomId)>,
+    rooms: HashMap<RoomId, Vec<(PlayerId, Arc<Member>)>>,
+    by_name: HashMap<String, PlayerId>,
+    accepting: bool,
+}
+
+impl State {
+    fn add_to_room(&mut self, room: &RoomId, player: &PlayerId, member: &Arc<Member>) {
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .push((player.clone(), member.clone()));
+    }
+
+    fn remove_from_room(&mut self, room: &RoomId, player: &PlayerId) {
+        if let Some(members) = self.rooms.get_mut(room) {
+            members.retain(|(id, _)| id != player);
+            if members.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+    }
+}
+
+/// What a connection's own tasks hold.
+#[derive(Debug)]
+pub struct ConnectionHandle {
+    pub player_id: PlayerId,
+    pub name: PlayerName,
+    pub connection: u64,
+    pub kick: Arc<Kick>,
+    tx: mpsc::Sender<Frame>,
+    direct_sequence: AtomicU64,
+}
+
+impl ConnectionHandle {
+    /// Sends a direct reply (never through NATS) numbered by this connection's own counter.
+    pub fn send_direct<D: Serialize>(&self, envelope: Envelope<D>) {
+        let sequence = self.direct_sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        let bytes = envelope.with_sequence(sequence).to_bytes();
+        let Ok(frame) = Frame::try_from(bytes) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
+            self.kick.close(CloseReason::SLOW_CONSUMER);
+        }
+    }
+}
+
+/// The result of registering a connection.
+#[derive(Debug)]
+pub struct Connected {
+    pub handle: ConnectionHandle,
+    pub outbound: mpsc::Receiver<Frame>,
+    /// The room the player is in (for a replacing login, the room it already was in).
+    pub room: RoomId,
+    /// False when this connection replaced another one of the same player, who therefore
+    /// never left the game.
+    pub entered_game: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("you are no longer connected")]
+    NotConnected,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Debug)]
+pub struct ConnectionManager {
+    state: RwLock<State>,
+    next_connection: AtomicU64,
+    queue_capacity: usize,
+}
+
+impl ConnectionManager {
+    pub fn new(queue_capacity: usize) -> Self {
+        Self {
+            state: RwLock::new(State {
+                accepting: true,
+                ..State::default()
+            }),
+            next_connection: AtomicU64::new(1),
+            queue_capacity: queue_capacity.max(1),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // A panic while holding the lock cannot leave these maps half-updated in a way
+        // that matters more than stopping delivery would, so a poisoned lock is used as is.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a connection for `player` in `room`. A second connection of the same
+    /// player replaces the first (closed with 4001) and keeps its room.
+    pub fn connect(
+        &self,
+        player: PlayerId,
+        name: PlayerName,
+        room: RoomId,
+    ) -> Result<Connected, ManagerError> {
+        let (tx, outbound) = mpsc::channel(self.queue_capacity);
+        let kick = Arc::new(Kick::default());
+        let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let member = Arc::new(Member {
+            connection,
+            name: name.clone(),
+            tx: tx.clone(),
+            kick: kick.clone(),
+            last_whisper_from: Mutex::new(None),
+        });
+        let mut state = self.write();
+        if !state.accepting {
+            return Err(ManagerError::ShuttingDown);
+        }
+        let (room, entered_game) = match state.players.remove(&player) {
+            Some((old, old_room)) => {
+                old.kick.close(CloseReason::REPLACED);
+                state.remove_from_room(&old_room, &player);
+                (old_room, false)
+            }
+            None => (room, true),
+        };
+        state.add_to_room(&room, &player, &member);
+        state.by_name.insert(name.folded(), player.clone());
+        state.players.insert(player.clone(), (member, room.clone()));
+        drop(state);
+        Ok(Connected {
+            handle: ConnectionHandle {
+                player_id: player,
+                name,
+                connection,
+                kick,
+                tx,
+                direct_sequence: AtomicU64::new(0),
+            },
+            outbound,
+            room,
+            entered_game,
+        })
+    }
+
+    /// Removes the connection if it is still the player's current one; returns the room the
+    /// player left, so the caller can tell it.
+    pub fn disconnect(&self, player: &PlayerId, connection: u64) -> Option<RoomId> {
+        let mut state = self.write();
+        let current = state
+            .players
+            .get(player)
+            .is_some_and(|(member, _)| member.connection == connection);
+        if !current {
+            return None;
+        }
+        let (member, room) = state.players.remove(player)?;
+        state.remove_from_room(&room, player);
+        state.by_name.remove(&member.name.folded());
+        Some(room)
+    }
+
+    /// Moves a connected player; returns the room it left.
+    pub fn move_player(&self, player: &PlayerId, to: &RoomId) -> Result<RoomId, ManagerError> {
+        let mut state = self.write();
+        let (member, from) = state
+            .players
+            .get(player)
+            .map(|(m, r)| (m.clone(), r.clone()))
+            .ok_or(ManagerError::NotConnected)?;
+        state.remove_from_room(&from, player);
+        state.add_to_room(to, player, &member);
+        if let Some(entry) = state.players.get_mut(player) {
+            entry.1 = to.clone();
+        }
+        Ok(from)
+    }
+
+    pub fn room_of(&self, player: &PlayerId) -> Option<RoomId> {
+        self.read().players.get(player).map(|(_, room)| room.clone())
+    }
+
+    /// Names of the players in `room`, sorted.
+    pub fn occupants(&self, room: &RoomId) -> Vec<String> {
+        let state = self.read();
+        let mut names: Vec<String> = state
+            .rooms
+            .get(room)
+            .map(|members| members.iter().map(|(_, m)| m.name.to_string()).collect())
+            .unwrap_or_default();
+        names.sort_unstable_by_key(|n| n.to_ascii_lowercase());
+        names
+    }
+
+    /// A connected player by name, case-insensitively.
+    pub fn find_by_name(&self, name: &str) -> Option<(PlayerId, PlayerName)> {
+        let state = self.read();
+        let id = state.by_name.get(&name.to_ascii_lowercase())?;
+        let (member, _) = state.players.get(id)?;
+        Some((id.clone(), member.name.clone()))
+    }
+
+    pub fn name_of(&self, player: &PlayerId) -> Option<PlayerName> {
+        self.read().players.get(player).map(|(m, _)| m.name.clone())
+    }
+
+    pub fn last_whisper_from(&self, player: &PlayerId) -> Option<PlayerId> {
+        let state = self.read();
+        let (member, _) = state.players.get(player)?;
+        member
+            .last_whisper_from
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Every connected player's name, sorted.
+    pub fn who(&self) -> Vec<String> {
+        let state = self.read();
+        let mut names: Vec<String> = state.players.values().map(|(m, _)| m.name.to_string()).collect();
+        names.sort_unstable_by_key(|n| n.to_ascii_lowercase());
+        names
+    }
+
+    pub fn connected_count(&self) -> usize {
+        self.read().players.len()
+    }
+
+    /// Delivers to the members of `room`, except the actor. Returns how many got it.
+    pub fn deliver_room(&self, room: &str, actor: Option<&str>, frame: &Frame) -> usize {
+        let state = self.read();
+        deliver_to_members(state.rooms.get(room), actor, frame)
+    }
+
+    /// Delivers to the members of each of `rooms`, except the actor.
+    pub fn deliver_rooms(&self, rooms: &[RoomId], actor: Option<&str>, frame: &Frame) -> usize {
+        let state = self.read();
+        rooms
+            .iter()
+            .map(|room| deliver_to_members(state.rooms.get(room), actor, frame))
+            .sum()
+    }
+
+    /// Delivers to every connected player, except the actor.
+    pub fn deliver_all(&self, actor: Option<&str>, frame: &Frame) -> usize {
+        let state = self.read();
+        state
+            .players
+            .iter()
+            .filter(|(id, _)| Some(id.as_str()) != actor)
+            .filter(|(_, (member, _))| member.offer(frame))
+            .count()
+    }
+
+    /// Delivers a whisper to its target, remembering the sender for `reply`.
+    pub fn deliver_whisper(&self, target: &str, sender: Option<PlayerId>, frame: &Frame) -> usize {
+        let state = self.read();
+        let Some((member, _)) = state.players.get(target) else {
+            return 0;
+        };
+        if let Some(sender) = sender {
+            match member.last_whisper_from.lock() {
+                Ok(mut last) => *last = Some(sender),
+                Err(poisoned) => *poisoned.into_inner() = Some(sender),
+            }
+        }
+        usize::from(member.offer(frame))
+    }
+
+    /// Stops new connections and closes every open one with `reason`.
+    pub fn close_all(&self, reason: CloseReason) {
+        let mut state = self.write();
+        state.accepting = false;
+        for (member, _) in state.players.values() {
+            member.kick.close(reason);
+        }
+    }
+}
+
+fn deliver_to_members(
+    members: Option<&Vec<(PlayerId, Arc<Member>)>>,
+    actor: Option<&str>,
+    frame: &Frame,
+) -> usize {
+    members.map_or(0, |members| {
+        members
+            .iter()
+            .filter(|(id, _)| Some(id.as_str()) != actor)
+            .filter(|(_, member)| member.offer(frame))
+            .count()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> PlayerId {
+        PlayerId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+    fn name(s: &str) -> PlayerName {
+        PlayerName::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+    fn room(s: &str) -> RoomId {
+        RoomId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn membership_has_no_ghosts() {
+        let manager = ConnectionManager::new(4);
+        let a = manager.connect(id("a"), name("Alice"), room("r1")).unwrap_or_else(|e| panic!("{e}"));
+        let _b = manager.connect(id("b"), name("Bob"), room("r1")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(manager.occupants(&room("r1")), vec!["Alice", "Bob"]);
+        assert_eq!(manager.move_player(&id("a"), &room("r2")).ok(), Some(room("r1")));
+        assert_eq!(manager.occupants(&room("r1")), vec!["Bob"]);
+        assert_eq!(manager.occupants(&room("r2")), vec!["Alice"]);
+        // A replacing login keeps the room and closes the old connection.
+        let a2 = manager.connect(id("a"), name("Alice"), room("r1")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a2.room, room("r2"));
+        assert!(!a2.entered_game);
+        assert_eq!(a.handle.kick.reason(), CloseReason::REPLACED);
+        // The old connection's cleanup must not remove the new one.
+        assert_eq!(manager.disconnect(&id("a"), a.handle.connection), None);
+        assert_eq!(manager.occupants(&room("r2")), vec!["Alice"]);
+        assert_eq!(manager.disconnect(&id("a"), a2.handle.connection), Some(room("r2")));
+        assert!(manager.occupants(&room("r2")).is_empty());
+        assert_eq!(manager.who(), vec!["Bob"]);
+        assert!(manager.find_by_name("alice").is_none());
+        assert!(manager.find_by_name("BOB").is_some());
+    }
+
+    #[test]
+    fn full_queue_closes_only_that_connection() {
+        let manager = ConnectionManager::new(2);
+        let slow = manager.connect(id("s"), name("Slow"), room("r")).unwrap_or_else(|e| panic!("{e}"));
+        let mut fast = manager.connect(id("f"), name("Fast"), room("r")).unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..3 {
+            let frame = Frame::from(format!("{{\"n\":{i}}}"));
+            manager.deliver_room("r", None, &frame);
+            assert!(fast.outbound.try_recv().is_ok());
+        }
+        assert_eq!(slow.handle.kick.reason(), CloseReason::SLOW_CONSUMER);
+        assert!(!fast.handle.kick.is_closed());
+    }
+
+    #[test]
+    fn actor_is_skipped() {
+        let manager = ConnectionManager::new(4);
+        let mut a = manager.connect(id("a"), name("Alice"), room("r")).unwrap_or_else(|e| panic!("{e}"));
+        let mut b = manager.connect(id("b"), name("Bob"), room("r")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(manager.deliver_room("r", Some("a"), &Frame::from("{}")), 1);
+        assert!(a.outbound.try_recv().is_err());
+        assert!(b.outbound.try_recv().is_ok());
+        assert_eq!(manager.deliver_all(Some("b"), &Frame::from("{}")), 1);
+        assert!(a.outbound.try_recv().is_ok());
+    }
+}

@@ -1,0 +1,97 @@
+//! Builds subjects with the one subject builder, serialises each envelope once and
+//! publishes it. Never hangs: when NATS is away a publish fails at once, and a publish that
+//! NATS does not take within the configured time fails too; both are logged and counted.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use natsmud_protocol::{Envelope, Subject, SubjectPrefix};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("the event bus (NATS) is not connected")]
+    Unavailable,
+    #[error("the event bus (NATS) did not accept the event within {0:?}")]
+    Timeout(Duration),
+    #[error("the event bus (NATS) refused the event: {0}")]
+    Refused(String),
+}
+
+#[derive(Debug, Default)]
+pub struct PublishCounters {
+    pub published: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct EventPublisher {
+    client: async_nats::Client,
+    prefix: SubjectPrefix,
+    timeout: Duration,
+    pub counters: PublishCounters,
+}
+
+impl EventPublisher {
+    pub fn new(client: async_nats::Client, prefix: SubjectPrefix, timeout: Duration) -> Self {
+        Self {
+            client,
+            prefix,
+            timeout,
+            counters: PublishCounters::default(),
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    pub fn prefix(&self) -> &SubjectPrefix {
+        &self.prefix
+    }
+
+    pub async fn publish<D: Serialize>(
+        &self,
+        subject: Subject<'_>,
+        envelope: &Envelope<D>,
+    ) -> Result<(), PublishError> {
+        let result = self.try_publish(subject, envelope).await;
+        match &result {
+            Ok(()) => {
+                self.counters.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%subject, event_type = envelope.event_type.as_str(), %error, "publish failed");
+            }
+        }
+        result
+    }
+
+    async fn try_publish<D: Serialize>(
+        &self,
+        subject: Subject<'_>,
+        envelope: &Envelope<D>,
+    ) -> Result<(), PublishError> {
+        // async-nats buffers publishes while disconnected and sends them after a
+        // reconnect, minutes later. A game event that late is wrong, so refuse up front.
+        if !self.is_connected() {
+            return Err(PublishError::Unavailable);
+        }
+        let payload = envelope.to_bytes();
+        let subject = subject.render(&self.prefix);
+        match tokio::time::timeout(self.timeout, self.client.publish(subject, payload)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(PublishError::Refused(e.to_string())),
+            Err(_) => Err(PublishError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Sends everything buffered to NATS; part of a graceful shutdown.
+    pub async fn flush(&self) {
+        if let Err(error) = tokio::time::timeout(self.timeout, self.client.flush()).await {
+            tracing::warn!(%error, "NATS flush did not finish");
+        }
+    }
+}

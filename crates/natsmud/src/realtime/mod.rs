@@ -1,0 +1,9 @@
+//! The real-time path: game logic → [`EventPublisher`] → NATS → [`nats_handler`] →
+//! [`ConnectionManager`] → sockets. Nothing another player sees takes any other path.
+
+pub mod connection_manager;
+pub mod event_publisher;
+pub mod nats_handler;
+
+pub use connection_manager::{CloseReason, ConnectionManager, Frame};
+pub use event_publisher::{EventPublisher, PublishError};

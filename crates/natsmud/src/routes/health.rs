@@ -1,0 +1,24 @@
+//! `GET /health`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::startup::AppState;
+
+pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
+    let nats_ok = app.publisher.is_connected();
+    let status = if nats_ok { "ok" } else { "degraded" };
+    let code = if nats_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (
+        code,
+        Json(json!({
+            "status": status,
+            "nats": if nats_ok { "connected" } else { "reconnecting" },
+            "connected_players": app.manager.connected_count(),
+            "uptime_secs": app.started.elapsed().as_secs(),
+            "version": env!("CARGO_PKG_VERSION"),
+        })),
+    )
+}

@@ -1,0 +1,129 @@
+//! Building and running the application: `run(listener, config, shutdown)` serves until
+//! `shutdown` resolves, then drains (see [`run`]).
+
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Passwords, Tokens, load_or_create_secret};
+use crate::config::Config;
+use crate::db::Accounts;
+use crate::realtime::nats_handler::{HandlerCounters, NatsMessageHandler};
+use crate::realtime::{CloseReason, ConnectionManager, EventPublisher};
+use crate::world::World;
+
+/// How long shutdown waits for connections to say goodbye.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct AppInner {
+    pub config: Config,
+    pub world: Arc<World>,
+    pub accounts: Accounts,
+    pub passwords: Passwords,
+    pub tokens: Tokens,
+    pub manager: Arc<ConnectionManager>,
+    pub publisher: EventPublisher,
+    pub handler_counters: Arc<HandlerCounters>,
+    pub started: Instant,
+}
+
+/// Shared state of every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+impl Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then: stops accepting, closes every
+/// socket with 1001 (each publishing its `player_left_game`), waits for them, flushes
+/// NATS and closes the database.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let world = Arc::new(match &config.world_dir {
+        Some(dir) => World::load_dir(dir)?,
+        None => World::built_in()?,
+    });
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let accounts = Accounts::open(&config.database_url())
+        .await
+        .with_context(|| format!("cannot open database {}", config.database_url()))?;
+    let secret = load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
+    let tokens = Tokens::new(&secret, Duration::from_secs(config.token_ttl_secs));
+    let passwords = Passwords::new(config.hashing_concurrency as usize)?;
+
+    let client = crate::nats::connect(&config)
+        .await
+        .with_context(|| format!("cannot use NATS URL {}", config.nats_url))?;
+    let manager = Arc::new(ConnectionManager::new(config.outbound_queue as usize));
+    let handler_counters = Arc::new(HandlerCounters::default());
+    let publisher = EventPublisher::new(client.clone(), config.subject_prefix.clone(), config.publish_timeout());
+
+    let stop_handler = CancellationToken::new();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let handler = NatsMessageHandler::new(
+        config.subject_prefix.clone(),
+        manager.clone(),
+        world.clone(),
+        handler_counters.clone(),
+    );
+    let handler_task = tokio::spawn(handler.run(client.clone(), ready_tx, stop_handler.clone()));
+    // Accept players only once the subscription is live, so no early event is missed.
+    let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
+
+    tracing::info!(
+        address = %listener.local_addr()?,
+        world = %world.name,
+        rooms = world.room_count(),
+        nats = %config.nats_url,
+        "natsmud serving"
+    );
+    let state = AppState(Arc::new(AppInner {
+        config,
+        world,
+        accounts,
+        passwords,
+        tokens,
+        manager: manager.clone(),
+        publisher,
+        handler_counters,
+        started: Instant::now(),
+    }));
+
+    let stop_http = CancellationToken::new();
+    let server = {
+        let stop_http = stop_http.clone();
+        axum::serve(listener, crate::routes::router(state.clone()))
+            .with_graceful_shutdown(async move { stop_http.cancelled().await })
+    };
+    let server_task = tokio::spawn(async move { server.await });
+    shutdown.await;
+    tracing::info!("shutting down");
+
+    stop_http.cancel();
+    manager.close_all(CloseReason::SHUTDOWN);
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while manager.connected_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every disconnect has published its `player_left_game`; push them out before going.
+    state.publisher.flush().await;
+    stop_handler.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), handler_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), server_task).await;
+    state.accounts.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! Test harness: every test gets its own nats-server on a free port, its own data directory
+//! (SQLite file, JWT secret) and its own natsmud on port 0, all cleaned up on drop.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use natsmud::Config;
+use natsmud_protocol::{EventType, ServerFrame};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for a frame it expects.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a test watches for a frame it must not get.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+fn nats_server_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("NATSMUD_NATS_SERVER") {
+        return PathBuf::from(bin);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tools = root.join("target/tools");
+    if let Ok(entries) = std::fs::read_dir(&tools) {
+        for entry in entries.flatten() {
+            let bin = entry.path().join("bin/nats-server");
+            if entry.file_name().to_string_lossy().starts_with("nats-server-") && bin.exists() {
+                return bin;
+            }
+        }
+    }
+    panic!(
+        "no nats-server for tests: run scripts/install-nats-server (or scripts/test), \
+         or set NATSMUD_NATS_SERVER to a nats-server >= 2.10"
+    );
+}
+
+/// A nats-server of this test's own. Killed on drop.
+pub struct NatsServer {
+    child: Child,
+    pub url: String,
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        Self::start_on(None)
+    }
+
+    /// Starts on `port`, or on a free port chosen by nats-server itself (`-p -1`).
+    pub fn start_on(port: Option<u16>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
+        let child = Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "--ports_file_dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        let ports_file = dir.path().join(format!("nats-server_{}.ports", child.id()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let url = loop {
+            if let Ok(text) = std::fs::read_to_string(&ports_file)
+                && let Ok(value) = serde_json::from_str::<Value>(&text)
+                && let Some(url) = value["nats"][0].as_str()
+            {
+                break url.to_owned();
+            }
+            assert!(Instant::now() < deadline, "nats-server did not write {}", ports_file.display());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let port = url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in url");
+        Self { child, url, port, dir }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running natsmud with its own NATS and data directory.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub nats: NatsServer,
+    pub data_dir: TempDir,
+    pub config: Config,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    http: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let nats = NatsServer::start();
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_data_dir(&nats.url, data_dir.path().to_path_buf());
+        config.jwt_secret = Some("test-secret-not-for-production".to_owned());
+        adjust(&mut config);
+        let mut app = Self {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            nats,
+            data_dir,
+            config,
+            shutdown: None,
+            task: None,
+            http: reqwest::Client::new(),
+        };
+        app.start().await;
+        app
+    }
+
+    async fn start(&mut self) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let config = self.config.clone();
+        self.task = Some(tokio::spawn(natsmud::startup::run(listener, config, async move {
+            let _ = rx.await;
+        })));
+        self.shutdown = Some(tx);
+    }
+
+    /// Graceful shutdown; returns once the server has stopped.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("server stops in time");
+            result.expect("server task").expect("server ran cleanly");
+        }
+    }
+
+    /// Stops and starts again on a new port with the same data directory and NATS.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.start().await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self.http.post(self.url(path)).json(body).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Registers `name` with a fixed password; returns the access token.
+    pub async fn register(&self, name: &str) -> Account {
+        let (status, body) = self
+            .post("/api/auth/register", &json!({"username": name, "password": "correct horse"}))
+            .await;
+        assert_eq!(status, 201, "register {name}: {body}");
+        serde_json::from_value(body).unwrap()
+    }
+
+    /// Registers and connects `name`, and reads its `game_state`.
+    pub async fn join(&self, name: &str) -> Player {
+        let account = self.register(name).await;
+        let mut player = self.connect(&account).await;
+        let state = player.expect(EventType::GameState).await;
+        player.room = state.room_id.clone().unwrap_or_default();
+        player
+    }
+
+    pub async fn connect(&self, account: &Account) -> Player {
+        let url = format!("ws://{}/api/ws?token={}", self.addr, account.access_token);
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        Player {
+            name: account.player_name.clone(),
+            id: account.player_id.clone(),
+            room: String::new(),
+            socket,
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Account {
+    pub player_id: String,
+    pub player_name: String,
+    pub access_token: String,
+    pub token_type: String,
+}
+
+/// A WebSocket client playing as one player.
+pub struct Player {
+    pub name: String,
+    pub id: String,
+    pub room: String,
+    pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What the server sent: a frame, or the close of the socket.
+#[derive(Debug)]
+pub enum Received {
+    Frame(ServerFrame),
+    Closed(Option<(u16, String)>),
+}
+
+impl Player {
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.socket.send(Message::text(text)).await.expect("send");
+    }
+
+    /// Sends a typed line as a `game_command`.
+    pub async fn command(&mut self, line: &str) {
+        self.send_json(json!({"type": "game_command", "data": {"command": line}})).await;
+    }
+
+    /// The next frame or close, or `None` if nothing arrives within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Received> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.socket.next()).await.ok()?;
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    let frame: ServerFrame = serde_json::from_str(text.as_str())
+                        .unwrap_or_else(|e| panic!("{} got an unreadable frame {text}: {e}", self.name));
+                    return Some(Received::Frame(frame));
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Some(Received::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string()))));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Some(Received::Closed(None)),
+            }
+        }
+    }
+
+    pub async fn next_frame(&mut self) -> ServerFrame {
+        match self.next_within(WAIT).await {
+            Some(Received::Frame(frame)) => frame,
+            other => panic!("{} expected a frame, got {other:?}", self.name),
+        }
+    }
+
+    /// The next frame, which must be of type `kind`.
+    pub async fn expect(&mut self, kind: EventType) -> ServerFrame {
+        let frame = self.next_frame().await;
+        assert_eq!(frame.event_type, kind, "{} got {frame:?}", self.name);
+        frame
+    }
+
+    /// Asserts that nothing arrives for a while.
+    pub async fn expect_silence(&mut self) {
+        if let Some(received) = self.next_within(QUIET).await {
+            panic!("{} expected nothing, got {received:?}", self.name);
+        }
+    }
+
+    /// Reads until the socket closes; returns the close code and reason.
+    pub async fn expect_close(&mut self) -> Option<(u16, String)> {
+        loop {
+            match self.next_within(WAIT).await {
+                Some(Received::Closed(frame)) => return frame,
+                Some(Received::Frame(_)) => continue,
+                None => panic!("{} expected the socket to close", self.name),
+            }
+        }
+    }
+
+    /// Sends a command and returns the actor's direct reply.
+    pub async fn ask(&mut self, line: &str) -> ServerFrame {
+        self.command(line).await;
+        self.next_frame().await
+    }
+
+    pub async fn expect_error(&mut self, code: &str) -> ServerFrame {
+        let frame = self.expect(EventType::Error).await;
+        assert_eq!(frame.data_str("code"), code, "{frame:?}");
+        frame
+    }
+}
+
+/// The built-in world, for picking exits in tests.
+pub fn world() -> natsmud::world::World {
+    natsmud::world::World::built_in().unwrap()
+}
+
+/// A direction out of `room` and the room it leads to.
+pub fn some_exit(room: &str) -> (String, String) {
+    let world = world();
+    let room = world.room(room).unwrap();
+    let (direction, target) = room.exits.iter().next().unwrap();
+    (direction.clone(), target.to_string())
+}
