@@ -58,19 +58,27 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> 
     match kind.as_str() {
         "ping" => Ok(ClientMessage::Ping),
         "game_command" => {
-            let data: GameCommandData = data_of(raw.data, "game_command", "{\"command\":\"look\"}")?;
+            let data: GameCommandData =
+                data_of(raw.data, "game_command", "{\"command\":\"look\"}")?;
             Command::parse_parts(&data.command, &data.args).map(ClientMessage::Command)
         }
         "chat" => {
-            let data: ChatData =
-                data_of(raw.data, "chat", "{\"channel\":\"say\",\"message\":\"hello\"}")?;
+            let data: ChatData = data_of(
+                raw.data,
+                "chat",
+                "{\"channel\":\"say\",\"message\":\"hello\"}",
+            )?;
             chat_command(data).map(ClientMessage::Command)
         }
         other => Err(ProtocolError::new(
             ErrorCode::UnknownMessageType,
             format!(
                 "Unknown message type '{}'; use game_command, chat or ping.",
-                other.chars().filter(|c| !c.is_control()).take(30).collect::<String>()
+                other
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(30)
+                    .collect::<String>()
             ),
         )),
     }
@@ -136,9 +144,14 @@ mod tests {
 
     #[test]
     fn parses_each_message_type() {
-        assert_eq!(parse_client_message(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));
         assert_eq!(
-            parse_client_message(r#"{"type":"game_command","data":{"command":"go","args":["north"]}}"#),
+            parse_client_message(r#"{"type":"ping"}"#),
+            Ok(ClientMessage::Ping)
+        );
+        assert_eq!(
+            parse_client_message(
+                r#"{"type":"game_command","data":{"command":"go","args":["north"]}}"#
+            ),
             Ok(ClientMessage::Command(Command::Go(Direction::North)))
         );
         assert_eq!(
@@ -153,7 +166,10 @@ mod tests {
             parse_client_message(
                 r#"{"type":"chat","data":{"channel":"whisper","target":"Bob","message":"hi"}}"#
             ),
-            Ok(ClientMessage::Command(Command::Whisper { target: "Bob".into(), message: "hi".into() }))
+            Ok(ClientMessage::Command(Command::Whisper {
+                target: "Bob".into(),
+                message: "hi".into()
+            }))
         );
     }
 
@@ -163,12 +179,27 @@ mod tests {
         assert_eq!(code(""), Some(ErrorCode::InvalidJson));
         assert_eq!(code("[1,2]"), Some(ErrorCode::InvalidMessage));
         assert_eq!(code("{}"), Some(ErrorCode::InvalidMessage));
-        assert_eq!(code(r#"{"type":"dance"}"#), Some(ErrorCode::UnknownMessageType));
-        assert_eq!(code(r#"{"type":"game_command"}"#), Some(ErrorCode::InvalidMessage));
-        assert_eq!(code(r#"{"type":"game_command","data":{"command":"fly"}}"#), Some(ErrorCode::UnknownCommand));
-        assert_eq!(code(r#"{"type":"chat","data":{"channel":"shout","message":"x"}}"#), Some(ErrorCode::InvalidMessage));
+        assert_eq!(
+            code(r#"{"type":"dance"}"#),
+            Some(ErrorCode::UnknownMessageType)
+        );
+        assert_eq!(
+            code(r#"{"type":"game_command"}"#),
+            Some(ErrorCode::InvalidMessage)
+        );
+        assert_eq!(
+            code(r#"{"type":"game_command","data":{"command":"fly"}}"#),
+            Some(ErrorCode::UnknownCommand)
+        );
+        assert_eq!(
+            code(r#"{"type":"chat","data":{"channel":"shout","message":"x"}}"#),
+            Some(ErrorCode::InvalidMessage)
+        );
         let deep = format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
-        assert!(code(&deep).is_some(), "deep nesting is refused without overflowing the stack");
+        assert!(
+            code(&deep).is_some(),
+            "deep nesting is refused without overflowing the stack"
+        );
     }
 
     proptest! {

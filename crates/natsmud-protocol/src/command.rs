@@ -138,7 +138,10 @@ impl Command {
             None => (line, ""),
         };
         if word.is_empty() {
-            return Err(ProtocolError::new(ErrorCode::MissingArgument, "Type a command, or 'help'."));
+            return Err(ProtocolError::new(
+                ErrorCode::MissingArgument,
+                "Type a command, or 'help'.",
+            ));
         }
         let verb = word.to_ascii_lowercase();
         if let Some(direction) = Direction::parse(&verb) {
@@ -164,9 +167,7 @@ impl Command {
             "emote" | "me" => Self::Emote(text(rest, "Emote what?")?),
             "pose" => Self::Pose(text(rest, "Pose how?")?),
             "whisper" | "tell" => {
-                let (target, message) = rest
-                    .split_once(char::is_whitespace)
-                    .unwrap_or((rest, ""));
+                let (target, message) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
                 if target.is_empty() {
                     return Err(missing("Whisper to whom? Try 'whisper Bob hello'."));
                 }
@@ -184,7 +185,10 @@ impl Command {
             _ => {
                 return Err(ProtocolError::new(
                     ErrorCode::UnknownCommand,
-                    format!("Unknown command '{}'. Type 'help' for the list.", preview(word)),
+                    format!(
+                        "Unknown command '{}'. Type 'help' for the list.",
+                        preview(word)
+                    ),
                 ));
             }
         })
@@ -195,7 +199,8 @@ impl Command {
         if args.is_empty() {
             return Self::parse_line(command);
         }
-        let mut line = String::with_capacity(command.len() + args.iter().map(|a| a.len() + 1).sum::<usize>());
+        let mut line =
+            String::with_capacity(command.len() + args.iter().map(|a| a.len() + 1).sum::<usize>());
         line.push_str(command.trim());
         for arg in args {
             line.push(' ');
@@ -256,11 +261,17 @@ mod tests {
         assert_eq!(parse("go NE"), Ok(Command::Go(Direction::Northeast)));
         assert_eq!(parse("sw"), Ok(Command::Go(Direction::Southwest)));
         assert_eq!(parse("down"), Ok(Command::Go(Direction::Down)));
-        assert_eq!(parse("say  hello all "), Ok(Command::Say("hello all".into())));
+        assert_eq!(
+            parse("say  hello all "),
+            Ok(Command::Say("hello all".into()))
+        );
         assert_eq!(parse("me waves"), Ok(Command::Emote("waves".into())));
         assert_eq!(
             parse("whisper Bob psst, over here"),
-            Ok(Command::Whisper { target: "Bob".into(), message: "psst, over here".into() })
+            Ok(Command::Whisper {
+                target: "Bob".into(),
+                message: "psst, over here".into()
+            })
         );
         assert_eq!(parse("r ok"), Ok(Command::Reply("ok".into())));
         assert_eq!(parse("who"), Ok(Command::Who));
@@ -275,19 +286,31 @@ mod tests {
         assert_eq!(parse("say   "), Err(ErrorCode::MissingArgument));
         assert_eq!(parse("whisper Bob"), Err(ErrorCode::MissingArgument));
         assert_eq!(parse(""), Err(ErrorCode::MissingArgument));
-        assert_eq!(parse(&format!("say {}", "x".repeat(501))), Err(ErrorCode::MessageTooLong));
+        assert_eq!(
+            parse(&format!("say {}", "x".repeat(501))),
+            Err(ErrorCode::MessageTooLong)
+        );
     }
 
     #[test]
     fn args_form_equals_line_form() {
         let args = vec!["north".to_owned()];
-        assert_eq!(Command::parse_parts("go", &args), Ok(Command::Go(Direction::North)));
-        assert_eq!(Command::parse_parts("say hi", &[]), Ok(Command::Say("hi".into())));
+        assert_eq!(
+            Command::parse_parts("go", &args),
+            Ok(Command::Go(Direction::North))
+        );
+        assert_eq!(
+            Command::parse_parts("say hi", &[]),
+            Ok(Command::Say("hi".into()))
+        );
     }
 
     #[test]
     fn strips_control_characters() {
-        assert_eq!(parse("say a\u{7}b\u{1b}[31m"), Ok(Command::Say("ab[31m".into())));
+        assert_eq!(
+            parse("say a\u{7}b\u{1b}[31m"),
+            Ok(Command::Say("ab[31m".into()))
+        );
     }
 
     proptest! {

@@ -104,7 +104,9 @@ pub fn format_timestamp(at: OffsetDateTime) -> String {
     const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    at.to_offset(time::UtcOffset::UTC).format(FORMAT).unwrap_or_default()
+    at.to_offset(time::UtcOffset::UTC)
+        .format(FORMAT)
+        .unwrap_or_default()
 }
 
 pub fn parse_timestamp(text: &str) -> Option<OffsetDateTime> {
@@ -237,7 +239,10 @@ mod tests {
     fn envelope_omits_absent_fields_and_starts_with_event_type() {
         let bytes = Envelope::new(EventType::Pong, Empty {}).to_bytes();
         let text = std::str::from_utf8(&bytes).unwrap_or_default();
-        assert!(text.starts_with("{\"event_type\":\"pong\",\"timestamp\":\""), "{text}");
+        assert!(
+            text.starts_with("{\"event_type\":\"pong\",\"timestamp\":\""),
+            "{text}"
+        );
         assert!(!text.contains("sequence_number"));
         assert!(!text.contains("room_id"));
     }

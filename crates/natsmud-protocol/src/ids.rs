@@ -19,9 +19,7 @@ pub enum IdError {
     },
     #[error("{kind} {value:?} may contain only letters, digits, '_' and '-'")]
     BadCharacter { kind: &'static str, value: String },
-    #[error(
-        "{kind} {value:?} must be 3–20 characters: a letter, then letters, digits or '_'"
-    )]
+    #[error("{kind} {value:?} must be 3–20 characters: a letter, then letters, digits or '_'")]
     BadName { kind: &'static str, value: String },
 }
 
@@ -179,7 +177,14 @@ mod tests {
         for good in ["Alice", "bob_2", "Abc", "A2345678901234567890"] {
             assert!(PlayerName::parse(good).is_ok(), "{good}");
         }
-        for bad in ["al", "1abc", "_abc", "a-b", "A23456789012345678901", "Al ice"] {
+        for bad in [
+            "al",
+            "1abc",
+            "_abc",
+            "a-b",
+            "A23456789012345678901",
+            "Al ice",
+        ] {
             assert!(PlayerName::parse(bad).is_err(), "{bad}");
         }
     }

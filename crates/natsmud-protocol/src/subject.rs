@@ -185,7 +185,10 @@ mod tests {
     fn renders_the_design_subjects() {
         let room = RoomId::parse("r_1").unwrap_or_else(|e| panic!("{e}"));
         let none = SubjectPrefix::default();
-        assert_eq!(Subject::player_entered(&room).render(&none), "events.player_entered.r_1");
+        assert_eq!(
+            Subject::player_entered(&room).render(&none),
+            "events.player_entered.r_1"
+        );
         assert_eq!(Subject::GameTick.render(&none), "events.game_tick");
         assert_eq!(Subject::Whisper("p-9").render(&none), "chat.whisper.p-9");
         let world = SubjectPrefix::parse("w1.eu").unwrap_or_else(|e| panic!("{e}"));
@@ -197,13 +200,22 @@ mod tests {
     #[test]
     fn refuses_foreign_subjects() {
         let none = SubjectPrefix::default();
-        for s in ["_INBOX.abc.def", "events.player_entered", "chat.say.a.b", "chat.global.x", "x"] {
+        for s in [
+            "_INBOX.abc.def",
+            "events.player_entered",
+            "chat.say.a.b",
+            "chat.global.x",
+            "x",
+        ] {
             assert_eq!(Subject::parse(&none, s), None, "{s}");
         }
         let world = SubjectPrefix::parse("w1").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(Subject::parse(&world, "events.game_tick"), None);
         assert_eq!(Subject::parse(&world, "w1x.events.game_tick"), None);
-        assert_eq!(Subject::parse(&world, "w1.events.game_tick"), Some(Subject::GameTick));
+        assert_eq!(
+            Subject::parse(&world, "w1.events.game_tick"),
+            Some(Subject::GameTick)
+        );
     }
 
     proptest! {

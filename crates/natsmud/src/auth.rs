@@ -4,9 +4,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use natsmud_protocol::{PlayerId, PlayerName};
 use serde::{Deserialize, Serialize};
@@ -52,7 +52,11 @@ fn hash_blocking(password: &str) -> Result<String, AuthError> {
 
 fn verify_blocking(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|parsed| argon2().verify_password(password.as_bytes(), &parsed).is_ok())
+        .map(|parsed| {
+            argon2()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -112,7 +116,9 @@ pub struct Tokens {
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokens").field("secret", &"<redacted>").finish()
+        f.debug_struct("Tokens")
+            .field("secret", &"<redacted>")
+            .finish()
     }
 }
 
@@ -162,7 +168,10 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The configured secret, or the one kept in `data_dir/jwt_secret` (made on first start).
-pub fn load_or_create_secret(configured: Option<&str>, data_dir: &Path) -> Result<Vec<u8>, AuthError> {
+pub fn load_or_create_secret(
+    configured: Option<&str>,
+    data_dir: &Path,
+) -> Result<Vec<u8>, AuthError> {
     if let Some(secret) = configured {
         return Ok(secret.as_bytes().to_vec());
     }
@@ -219,12 +228,20 @@ mod tests {
         assert!(other.verify(&token).is_err());
         assert!(tokens.verify("not.a.token").is_err());
         let expired = Tokens::new(b"secret-one", Duration::ZERO);
-        let mut claims = Claims { sub: "p1".into(), name: "Alice".into(), iss: ISSUER.into(), iat: 0, exp: 1 };
-        let old = jsonwebtoken::encode(&Header::default(), &claims, &expired.encoding).unwrap_or_default();
+        let mut claims = Claims {
+            sub: "p1".into(),
+            name: "Alice".into(),
+            iss: ISSUER.into(),
+            iat: 0,
+            exp: 1,
+        };
+        let old = jsonwebtoken::encode(&Header::default(), &claims, &expired.encoding)
+            .unwrap_or_default();
         assert!(tokens.verify(&old).is_err());
         claims.iss = "someone-else".into();
         claims.exp = unix_now() + 60;
-        let foreign = jsonwebtoken::encode(&Header::default(), &claims, &tokens.encoding).unwrap_or_default();
+        let foreign =
+            jsonwebtoken::encode(&Header::default(), &claims, &tokens.encoding).unwrap_or_default();
         assert!(tokens.verify(&foreign).is_err());
     }
 }

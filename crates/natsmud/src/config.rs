@@ -8,14 +8,22 @@ use clap::Parser;
 use natsmud_protocol::SubjectPrefix;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "natsmud", version, about = "A multiplayer text-game server whose events travel through NATS")]
+#[command(
+    name = "natsmud",
+    version,
+    about = "A multiplayer text-game server whose events travel through NATS"
+)]
 pub struct Config {
     /// Address the HTTP/WebSocket server listens on.
     #[arg(long, env = "NATSMUD_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
 
     /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "NATSMUD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "NATSMUD_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
 
     /// Prefix put in front of every NATS subject, so several worlds can share one NATS.
@@ -89,9 +97,9 @@ impl Config {
     }
 
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", self.data_dir.join("natsmud.db").display())
-        })
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("natsmud.db").display()))
     }
 
     pub fn publish_timeout(&self) -> Duration {

@@ -84,10 +84,11 @@ impl Accounts {
     }
 
     pub async fn find_by_id(&self, id: &str) -> Result<Option<Account>, DbError> {
-        let row = sqlx::query("SELECT id, username, password_hash, room_id FROM players WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, username, password_hash, room_id FROM players WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(account_from_row).transpose()
     }
 
@@ -117,7 +118,9 @@ fn account_from_row(row: sqlx::sqlite::SqliteRow) -> Result<Account, DbError> {
     let id: String = row.try_get("id")?;
     let name: String = row.try_get("username")?;
     let corrupt = |what: &str, e: String| {
-        DbError::Sqlx(sqlx::Error::Decode(format!("stored {what} is invalid: {e}").into()))
+        DbError::Sqlx(sqlx::Error::Decode(
+            format!("stored {what} is invalid: {e}").into(),
+        ))
     };
     Ok(Account {
         id: PlayerId::parse(&id).map_err(|e| corrupt("player id", e.to_string()))?,

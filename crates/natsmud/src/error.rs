@@ -39,7 +39,11 @@ impl ApiError {
 
 /// The JSON error body every endpoint uses.
 pub fn error_body(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
 }
 
 impl IntoResponse for ApiError {

@@ -12,8 +12,8 @@ use natsmud_protocol::{
     RoomId, Subject,
 };
 
-use crate::realtime::connection_manager::ConnectionHandle;
 use crate::realtime::PublishError;
+use crate::realtime::connection_manager::ConnectionHandle;
 use crate::startup::AppState;
 use crate::world::Room;
 
@@ -52,7 +52,9 @@ impl Session<'_> {
     fn respond(&self, result: impl Into<String>) {
         self.conn.send_direct(Envelope::new(
             EventType::CommandResponse,
-            CommandResponseData { result: result.into() },
+            CommandResponseData {
+                result: result.into(),
+            },
         ));
     }
 
@@ -97,9 +99,17 @@ impl Session<'_> {
     pub async fn announce_presence(&self, room: &RoomId, entered: bool) {
         let name = self.my_name();
         let (event_type, subject, message) = if entered {
-            (EventType::PlayerEnteredGame, Subject::player_entered(room), format!("{name} has entered the game."))
+            (
+                EventType::PlayerEnteredGame,
+                Subject::player_entered(room),
+                format!("{name} has entered the game."),
+            )
         } else {
-            (EventType::PlayerLeftGame, Subject::player_left(room), format!("{name} has left the game."))
+            (
+                EventType::PlayerLeftGame,
+                Subject::player_left(room),
+                format!("{name} has left the game."),
+            )
         };
         let envelope = presence(event_type, self.me(), name, room, message);
         // A failure is logged and counted by the publisher; the login or logout stands.
@@ -124,7 +134,8 @@ impl Session<'_> {
             }
             Command::Go(direction) => self.go(direction).await?,
             Command::Say(text) => {
-                self.room_chat("say", format!("{} says: {text}", self.my_name())).await?;
+                self.room_chat("say", format!("{} says: {text}", self.my_name()))
+                    .await?;
                 self.respond(format!("You say: {text}"));
             }
             Command::Emote(text) => {
@@ -146,9 +157,16 @@ impl Session<'_> {
                 self.whisper(target_id, target_name, &message).await?;
             }
             Command::Reply(message) => {
-                let target_id = self.app.manager.last_whisper_from(self.me()).ok_or_else(|| {
-                    ProtocolError::new(ErrorCode::NoReplyTarget, "Nobody has whispered to you yet.")
-                })?;
+                let target_id = self
+                    .app
+                    .manager
+                    .last_whisper_from(self.me())
+                    .ok_or_else(|| {
+                        ProtocolError::new(
+                            ErrorCode::NoReplyTarget,
+                            "Nobody has whispered to you yet.",
+                        )
+                    })?;
                 let target_name = self.app.manager.name_of(&target_id).ok_or_else(|| {
                     ProtocolError::new(ErrorCode::PlayerNotFound, "They are no longer online.")
                 })?;
@@ -157,7 +175,8 @@ impl Session<'_> {
             Command::Local(text) => {
                 self.require_event_bus()?;
                 let room = self.current_room()?;
-                let envelope = self.chat_envelope("local", format!("{} says (local): {text}", self.my_name()));
+                let envelope =
+                    self.chat_envelope("local", format!("{} says (local): {text}", self.my_name()));
                 self.app
                     .publisher
                     .publish(Subject::local(&room.sub_zone), &envelope)
@@ -167,7 +186,10 @@ impl Session<'_> {
             }
             Command::Global(text) => {
                 self.require_event_bus()?;
-                let envelope = self.chat_envelope("global", format!("{} says (global): {text}", self.my_name()));
+                let envelope = self.chat_envelope(
+                    "global",
+                    format!("{} says (global): {text}", self.my_name()),
+                );
                 self.app
                     .publisher
                     .publish(Subject::Global, &envelope)
@@ -177,7 +199,11 @@ impl Session<'_> {
             }
             Command::Who => {
                 let names = self.app.manager.who();
-                self.respond(format!("Players online ({}): {}", names.len(), names.join(", ")));
+                self.respond(format!(
+                    "Players online ({}): {}",
+                    names.len(),
+                    names.join(", ")
+                ));
             }
             Command::Help => self.respond(HELP_TEXT),
             Command::Quit => {
@@ -191,13 +217,15 @@ impl Session<'_> {
     async fn go(&self, direction: Direction) -> Result<(), ProtocolError> {
         let from = self.current_room()?;
         let to_id = from.exit(direction).ok_or_else(|| {
-            ProtocolError::new(ErrorCode::NoExit, format!("You cannot go {direction} from here."))
+            ProtocolError::new(
+                ErrorCode::NoExit,
+                format!("You cannot go {direction} from here."),
+            )
         })?;
-        let to = self
-            .app
-            .world
-            .room(to_id.as_str())
-            .ok_or_else(|| ProtocolError::new(ErrorCode::Internal, "That way leads nowhere."))?;
+        let to =
+            self.app.world.room(to_id.as_str()).ok_or_else(|| {
+                ProtocolError::new(ErrorCode::Internal, "That way leads nowhere.")
+            })?;
         self.require_event_bus()?;
         self.app
             .manager
@@ -205,10 +233,30 @@ impl Session<'_> {
             .map_err(|e| ProtocolError::new(ErrorCode::Internal, e.to_string()))?;
 
         let name = self.my_name();
-        let left = presence(EventType::PlayerLeft, self.me(), name, &from.id, format!("{name} leaves the room."));
-        let entered = presence(EventType::PlayerEntered, self.me(), name, &to.id, format!("{name} enters the room."));
-        let left_result = self.app.publisher.publish(Subject::player_left(&from.id), &left).await;
-        let entered_result = self.app.publisher.publish(Subject::player_entered(&to.id), &entered).await;
+        let left = presence(
+            EventType::PlayerLeft,
+            self.me(),
+            name,
+            &from.id,
+            format!("{name} leaves the room."),
+        );
+        let entered = presence(
+            EventType::PlayerEntered,
+            self.me(),
+            name,
+            &to.id,
+            format!("{name} enters the room."),
+        );
+        let left_result = self
+            .app
+            .publisher
+            .publish(Subject::player_left(&from.id), &left)
+            .await;
+        let entered_result = self
+            .app
+            .publisher
+            .publish(Subject::player_entered(&to.id), &entered)
+            .await;
 
         let occupants = self.occupants(&to.id);
         self.conn.send_direct(
@@ -257,7 +305,10 @@ impl Session<'_> {
             return Ok(());
         }
         self.require_event_bus()?;
-        let mut envelope = self.chat_envelope("whisper", format!("{} whispers to you: {message}", self.my_name()));
+        let mut envelope = self.chat_envelope(
+            "whisper",
+            format!("{} whispers to you: {message}", self.my_name()),
+        );
         envelope.data.target_id = Some(target_id.clone());
         envelope.data.target_name = Some(target_name.to_string());
         self.app
@@ -317,7 +368,10 @@ fn bus_error(error: &PublishError) -> ProtocolError {
 }
 
 fn player_not_found(name: &str) -> ProtocolError {
-    ProtocolError::new(ErrorCode::PlayerNotFound, format!("No player named '{name}' is online."))
+    ProtocolError::new(
+        ErrorCode::PlayerNotFound,
+        format!("No player named '{name}' is online."),
+    )
 }
 
 fn punctuated(text: &str) -> String {
@@ -331,7 +385,16 @@ fn punctuated(text: &str) -> String {
 /// The text of `look`.
 pub fn describe(room: &Room, occupants: &[String]) -> String {
     let exits: Vec<&str> = room.exits.keys().map(String::as_str).collect();
-    let mut text = format!("{}\n{}\nExits: {}", room.name, room.description, if exits.is_empty() { "none".to_owned() } else { exits.join(", ") });
+    let mut text = format!(
+        "{}\n{}\nExits: {}",
+        room.name,
+        room.description,
+        if exits.is_empty() {
+            "none".to_owned()
+        } else {
+            exits.join(", ")
+        }
+    );
     if !occupants.is_empty() {
         text.push_str(&format!("\nHere: {}", occupants.join(", ")));
     }

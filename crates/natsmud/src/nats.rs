@@ -7,7 +7,12 @@ use crate::config::Config;
 /// Connects in the background: the server starts (degraded) when NATS is away and
 /// recovers by itself whenever NATS comes back, however long that takes.
 pub async fn connect(config: &Config) -> Result<async_nats::Client, async_nats::ConnectError> {
-    let urls: Vec<&str> = config.nats_url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+    let urls: Vec<&str> = config
+        .nats_url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
     async_nats::ConnectOptions::new()
         .name("natsmud")
         .retry_on_initial_connect()
@@ -20,7 +25,9 @@ pub async fn connect(config: &Config) -> Result<async_nats::Client, async_nats::
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => tracing::info!("NATS connected"),
-                async_nats::Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("NATS disconnected; reconnecting")
+                }
                 async_nats::Event::SlowConsumer(sid) => {
                     tracing::error!(sid, "NATS slow consumer: this node dropped events")
                 }

@@ -69,7 +69,11 @@ pub async fn run(
         .with_context(|| format!("cannot use NATS URL {}", config.nats_url))?;
     let manager = Arc::new(ConnectionManager::new(config.outbound_queue as usize));
     let handler_counters = Arc::new(HandlerCounters::default());
-    let publisher = EventPublisher::new(client.clone(), config.subject_prefix.clone(), config.publish_timeout());
+    let publisher = EventPublisher::new(
+        client.clone(),
+        config.subject_prefix.clone(),
+        config.publish_timeout(),
+    );
 
     let stop_handler = CancellationToken::new();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

@@ -113,7 +113,10 @@ impl World {
             .unwrap_or_default();
         if let Some(zones) = BUILT_IN.get_dir("zones") {
             for file in zones.files() {
-                files.push((format!("world/{}", file.path().display()), file.contents().to_vec()));
+                files.push((
+                    format!("world/{}", file.path().display()),
+                    file.contents().to_vec(),
+                ));
             }
         }
         Self::from_files(("world/world.json".to_owned(), world_json), files)
@@ -180,13 +183,16 @@ impl World {
                 file: file.clone(),
                 problem,
             };
-            let zone: ZoneFile = serde_json::from_slice(bytes).map_err(|source| WorldError::Parse {
-                file: file.clone(),
-                source,
-            })?;
+            let zone: ZoneFile =
+                serde_json::from_slice(bytes).map_err(|source| WorldError::Parse {
+                    file: file.clone(),
+                    source,
+                })?;
             let zone_id = ZoneId::parse(&zone.id).map_err(|e| invalid(e.to_string()))?;
             if let Some(other) = zone_ids.insert(zone_id.clone(), file.clone()) {
-                return Err(invalid(format!("zone {zone_id} is also defined in {other}")));
+                return Err(invalid(format!(
+                    "zone {zone_id} is also defined in {other}"
+                )));
             }
             if zone.name.trim().is_empty() {
                 return Err(invalid(format!("zone {zone_id} has no name")));
@@ -204,7 +210,8 @@ impl World {
             for raw in zone.rooms {
                 let id = RoomId::parse(&raw.id).map_err(|e| invalid(e.to_string()))?;
                 let room_problem = |problem: String| invalid(format!("room {id}: {problem}"));
-                let sub_zone = SubZoneId::parse(&raw.sub_zone).map_err(|e| room_problem(e.to_string()))?;
+                let sub_zone =
+                    SubZoneId::parse(&raw.sub_zone).map_err(|e| room_problem(e.to_string()))?;
                 if !own_sub_zones.contains(&sub_zone) {
                     return Err(room_problem(format!(
                         "sub_zone {sub_zone} is not one of zone {zone_id}'s sub_zones"
@@ -230,7 +237,10 @@ impl World {
                 if let Some(other) = room_file.insert(id.clone(), file.clone()) {
                     return Err(room_problem(format!("is also defined in {other}")));
                 }
-                sub_zone_rooms.entry(sub_zone.clone()).or_default().push(id.clone());
+                sub_zone_rooms
+                    .entry(sub_zone.clone())
+                    .or_default()
+                    .push(id.clone());
                 rooms.insert(
                     id.clone(),
                     Room {
@@ -288,7 +298,10 @@ impl World {
     }
 
     pub fn rooms_in_sub_zone(&self, sub_zone: &str) -> &[RoomId] {
-        self.sub_zone_rooms.get(sub_zone).map(Vec::as_slice).unwrap_or(&[])
+        self.sub_zone_rooms
+            .get(sub_zone)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     pub fn room_count(&self) -> usize {
@@ -309,7 +322,10 @@ mod tests {
     }
 
     fn header(start: &str) -> (String, Vec<u8>) {
-        ("world.json".to_owned(), format!(r#"{{"name":"W","start_room":"{start}"}}"#).into_bytes())
+        (
+            "world.json".to_owned(),
+            format!(r#"{{"name":"W","start_room":"{start}"}}"#).into_bytes(),
+        )
     }
 
     fn error_of(result: Result<World, WorldError>) -> String {
@@ -322,7 +338,11 @@ mod tests {
     #[test]
     fn built_in_world_loads() {
         let world = World::built_in().unwrap_or_else(|e| panic!("{e}"));
-        assert!((30..=60).contains(&world.room_count()), "{}", world.room_count());
+        assert!(
+            (30..=60).contains(&world.room_count()),
+            "{}",
+            world.room_count()
+        );
         assert!(world.room(world.start_room.as_str()).is_some());
     }
 
@@ -330,7 +350,10 @@ mod tests {
     fn names_file_room_and_problem() {
         let r1 = r#"{"id":"r1","name":"One","description":"d","sub_zone":"z_a","exits":{"north":"nowhere"}}"#;
         let msg = error_of(World::from_files(header("r1"), vec![zone(r1)]));
-        assert!(msg.contains("zones/z.json") && msg.contains("room r1") && msg.contains("nowhere"), "{msg}");
+        assert!(
+            msg.contains("zones/z.json") && msg.contains("room r1") && msg.contains("nowhere"),
+            "{msg}"
+        );
 
         let bad_dir = r#"{"id":"r1","name":"One","description":"d","sub_zone":"z_a","exits":{"sideways":"r1"}}"#;
         let msg = error_of(World::from_files(header("r1"), vec![zone(bad_dir)]));

@@ -79,10 +79,18 @@ async fn say_emote_and_pose_reach_the_room_once_and_never_the_speaker() {
         assert_eq!(heard.room_id.as_deref(), Some(alice.room.as_str()));
     }
 
-    alice.send_json(json!({"type": "chat", "data": {"channel": "emote", "message": "waves"}})).await;
+    alice
+        .send_json(json!({"type": "chat", "data": {"channel": "emote", "message": "waves"}}))
+        .await;
     assert_eq!(alice.next_frame().await.data["result"], "Alice waves.");
-    assert_eq!(bob.expect(EventType::ChatMessage).await.data["message"], "Alice waves.");
-    assert_eq!(carol.expect(EventType::ChatMessage).await.data["message"], "Alice waves.");
+    assert_eq!(
+        bob.expect(EventType::ChatMessage).await.data["message"],
+        "Alice waves."
+    );
+    assert_eq!(
+        carol.expect(EventType::ChatMessage).await.data["message"],
+        "Alice waves."
+    );
 
     alice.command("pose leans on the well").await;
     alice.expect(EventType::CommandResponse).await;
@@ -110,16 +118,31 @@ async fn a_burst_of_200_events_arrives_complete_and_in_order() {
         alice.command(&format!("say {i}")).await;
     }
     for i in 0..200 {
-        assert_eq!(alice.expect(EventType::CommandResponse).await.data["result"], format!("You say: {i}"));
+        assert_eq!(
+            alice.expect(EventType::CommandResponse).await.data["result"],
+            format!("You say: {i}")
+        );
     }
     for listener in [&mut bob, &mut carol] {
         let mut last_sequence = 0;
         for i in 0..200 {
             let frame = listener.expect(EventType::ChatMessage).await;
-            assert_eq!(frame.data["message"], format!("Alice says: {i}"), "{} out of order", listener.name);
-            assert!(frame.sequence_number > last_sequence, "sequence must increase: {frame:?}");
+            assert_eq!(
+                frame.data["message"],
+                format!("Alice says: {i}"),
+                "{} out of order",
+                listener.name
+            );
+            assert!(
+                frame.sequence_number > last_sequence,
+                "sequence must increase: {frame:?}"
+            );
             if last_sequence > 0 {
-                assert_eq!(frame.sequence_number, last_sequence + 1, "gap in the room's numbering");
+                assert_eq!(
+                    frame.sequence_number,
+                    last_sequence + 1,
+                    "gap in the room's numbering"
+                );
             }
             last_sequence = frame.sequence_number;
         }
@@ -138,17 +161,29 @@ async fn whisper_reaches_only_its_target_and_reply_goes_back() {
     bob.expect(EventType::PlayerEnteredGame).await;
 
     let sent = alice.ask("whisper bob meet me at the pier").await;
-    assert_eq!(sent.data["result"], "You whisper to Bob: meet me at the pier");
+    assert_eq!(
+        sent.data["result"],
+        "You whisper to Bob: meet me at the pier"
+    );
     let heard = bob.expect(EventType::ChatMessage).await;
     assert_eq!(heard.data["channel"], "whisper");
-    assert_eq!(heard.data["message"], "Alice whispers to you: meet me at the pier");
+    assert_eq!(
+        heard.data["message"],
+        "Alice whispers to you: meet me at the pier"
+    );
     assert_eq!(heard.data["target_id"], bob.id);
     assert_eq!(heard.data["target_name"], "Bob");
     assert_eq!(heard.data["sender_id"], alice.id);
     carol.expect_silence().await;
 
-    assert_eq!(bob.ask("reply on my way").await.data["result"], "You whisper to Alice: on my way");
-    assert_eq!(alice.expect(EventType::ChatMessage).await.data["message"], "Bob whispers to you: on my way");
+    assert_eq!(
+        bob.ask("reply on my way").await.data["result"],
+        "You whisper to Alice: on my way"
+    );
+    assert_eq!(
+        alice.expect(EventType::ChatMessage).await.data["message"],
+        "Bob whispers to you: on my way"
+    );
     carol.expect_silence().await;
 
     carol.command("reply hello?").await;
@@ -172,10 +207,9 @@ async fn global_reaches_everyone_and_local_only_the_sub_zone() {
         }
         found.expect("the start room borders another sub-zone")
     };
-    let near = start
-        .exits
-        .iter()
-        .find(|(_, target)| world.room(target.as_str()).unwrap().sub_zone == start.sub_zone && *target != &far_room);
+    let near = start.exits.iter().find(|(_, target)| {
+        world.room(target.as_str()).unwrap().sub_zone == start.sub_zone && *target != &far_room
+    });
 
     let mut alice = app.join("Alice").await;
     let mut bob = app.join("Bob").await;
@@ -190,10 +224,16 @@ async fn global_reaches_everyone_and_local_only_the_sub_zone() {
     while bob.next_within(common::QUIET).await.is_some() {}
     while dave.next_within(common::QUIET).await.is_some() {}
 
-    assert_eq!(alice.ask("local anyone near the square?").await.data["result"], "You say (local): anyone near the square?");
+    assert_eq!(
+        alice.ask("local anyone near the square?").await.data["result"],
+        "You say (local): anyone near the square?"
+    );
     let heard = bob.expect(EventType::ChatMessage).await;
     assert_eq!(heard.data["channel"], "local");
-    assert_eq!(heard.data["message"], "Alice says (local): anyone near the square?");
+    assert_eq!(
+        heard.data["message"],
+        "Alice says (local): anyone near the square?"
+    );
     dave.expect_silence().await;
     alice.expect_silence().await;
 
@@ -213,19 +253,31 @@ async fn who_look_help_and_quit() {
     let mut bob = app.join("Bob").await;
     alice.expect(EventType::PlayerEnteredGame).await;
 
-    assert_eq!(alice.ask("who").await.data["result"], "Players online (2): Alice, Bob");
+    assert_eq!(
+        alice.ask("who").await.data["result"],
+        "Players online (2): Alice, Bob"
+    );
     let look = alice.ask("l").await.data_str("result").to_owned();
     let start = world();
     assert!(look.starts_with(&start.start().name), "{look}");
     assert!(look.contains("Here: Alice, Bob"), "{look}");
-    assert!(alice.ask("help").await.data_str("result").contains("whisper"));
+    assert!(
+        alice
+            .ask("help")
+            .await
+            .data_str("result")
+            .contains("whisper")
+    );
 
     let bye = bob.ask("quit").await;
     assert_eq!(bye.event_type, EventType::CommandResponse);
     assert_eq!(bob.expect_close().await.map(|(code, _)| code), Some(1000));
     let left = alice.expect(EventType::PlayerLeftGame).await;
     assert_eq!(left.data["message"], "Bob has left the game.");
-    assert_eq!(alice.ask("who").await.data["result"], "Players online (1): Alice");
+    assert_eq!(
+        alice.ask("who").await.data["result"],
+        "Players online (1): Alice"
+    );
 }
 
 #[tokio::test]
@@ -245,9 +297,15 @@ async fn a_second_login_replaces_the_first_connection() {
 
     // Alice never left the game, so Bob hears nothing; and there is one Alice.
     bob.expect_silence().await;
-    assert_eq!(bob.ask("who").await.data["result"], "Players online (2): Alice, Bob");
+    assert_eq!(
+        bob.ask("who").await.data["result"],
+        "Players online (2): Alice, Bob"
+    );
     second.command("say still here").await;
-    assert_eq!(bob.expect(EventType::ChatMessage).await.data["message"], "Alice says: still here");
+    assert_eq!(
+        bob.expect(EventType::ChatMessage).await.data["message"],
+        "Alice says: still here"
+    );
 }
 
 #[tokio::test]
@@ -259,7 +317,10 @@ async fn disconnecting_leaves_no_ghost() {
     drop(bob);
     let left = alice.expect(EventType::PlayerLeftGame).await;
     assert_eq!(left.data["player_name"], "Bob");
-    assert_eq!(alice.ask("who").await.data["result"], "Players online (1): Alice");
+    assert_eq!(
+        alice.ask("who").await.data["result"],
+        "Players online (1): Alice"
+    );
     let look = alice.ask("look").await;
     assert!(!look.data_str("result").contains("Bob"));
 }

@@ -30,13 +30,41 @@ pub struct CloseReason {
 }
 
 impl CloseReason {
-    pub const NORMAL: Self = Self { code: 1000, reason: "goodbye", drain: true };
-    pub const SHUTDOWN: Self = Self { code: 1001, reason: "server shutting down", drain: true };
-    pub const PING_TIMEOUT: Self = Self { code: 1001, reason: "ping timeout", drain: false };
-    pub const UNSUPPORTED: Self = Self { code: 1003, reason: "binary frames are not supported", drain: true };
-    pub const TOO_BIG: Self = Self { code: 1009, reason: "frame too large", drain: true };
-    pub const REPLACED: Self = Self { code: 4001, reason: "logged in from another connection", drain: true };
-    pub const SLOW_CONSUMER: Self = Self { code: 4008, reason: "slow consumer", drain: false };
+    pub const NORMAL: Self = Self {
+        code: 1000,
+        reason: "goodbye",
+        drain: true,
+    };
+    pub const SHUTDOWN: Self = Self {
+        code: 1001,
+        reason: "server shutting down",
+        drain: true,
+    };
+    pub const PING_TIMEOUT: Self = Self {
+        code: 1001,
+        reason: "ping timeout",
+        drain: false,
+    };
+    pub const UNSUPPORTED: Self = Self {
+        code: 1003,
+        reason: "binary frames are not supported",
+        drain: true,
+    };
+    pub const TOO_BIG: Self = Self {
+        code: 1009,
+        reason: "frame too large",
+        drain: true,
+    };
+    pub const REPLACED: Self = Self {
+        code: 4001,
+        reason: "logged in from another connection",
+        drain: true,
+    };
+    pub const SLOW_CONSUMER: Self = Self {
+        code: 4008,
+        reason: "slow consumer",
+        drain: false,
+    };
 }
 
 /// Closes a connection from anywhere (the router, a replacing login, shutdown) even when
@@ -274,7 +302,10 @@ impl ConnectionManager {
     }
 
     pub fn room_of(&self, player: &PlayerId) -> Option<RoomId> {
-        self.read().players.get(player).map(|(_, room)| room.clone())
+        self.read()
+            .players
+            .get(player)
+            .map(|(_, room)| room.clone())
     }
 
     /// Names of the players in `room`, sorted.
@@ -314,7 +345,11 @@ impl ConnectionManager {
     /// Every connected player's name, sorted.
     pub fn who(&self) -> Vec<String> {
         let state = self.read();
-        let mut names: Vec<String> = state.players.values().map(|(m, _)| m.name.to_string()).collect();
+        let mut names: Vec<String> = state
+            .players
+            .values()
+            .map(|(m, _)| m.name.to_string())
+            .collect();
         names.sort_unstable_by_key(|n| n.to_ascii_lowercase());
         names
     }
@@ -405,21 +440,33 @@ mod tests {
     #[test]
     fn membership_has_no_ghosts() {
         let manager = ConnectionManager::new(4);
-        let a = manager.connect(id("a"), name("Alice"), room("r1")).unwrap_or_else(|e| panic!("{e}"));
-        let _b = manager.connect(id("b"), name("Bob"), room("r1")).unwrap_or_else(|e| panic!("{e}"));
+        let a = manager
+            .connect(id("a"), name("Alice"), room("r1"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _b = manager
+            .connect(id("b"), name("Bob"), room("r1"))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(manager.occupants(&room("r1")), vec!["Alice", "Bob"]);
-        assert_eq!(manager.move_player(&id("a"), &room("r2")).ok(), Some(room("r1")));
+        assert_eq!(
+            manager.move_player(&id("a"), &room("r2")).ok(),
+            Some(room("r1"))
+        );
         assert_eq!(manager.occupants(&room("r1")), vec!["Bob"]);
         assert_eq!(manager.occupants(&room("r2")), vec!["Alice"]);
         // A replacing login keeps the room and closes the old connection.
-        let a2 = manager.connect(id("a"), name("Alice"), room("r1")).unwrap_or_else(|e| panic!("{e}"));
+        let a2 = manager
+            .connect(id("a"), name("Alice"), room("r1"))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a2.room, room("r2"));
         assert!(!a2.entered_game);
         assert_eq!(a.handle.kick.reason(), CloseReason::REPLACED);
         // The old connection's cleanup must not remove the new one.
         assert_eq!(manager.disconnect(&id("a"), a.handle.connection), None);
         assert_eq!(manager.occupants(&room("r2")), vec!["Alice"]);
-        assert_eq!(manager.disconnect(&id("a"), a2.handle.connection), Some(room("r2")));
+        assert_eq!(
+            manager.disconnect(&id("a"), a2.handle.connection),
+            Some(room("r2"))
+        );
         assert!(manager.occupants(&room("r2")).is_empty());
         assert_eq!(manager.who(), vec!["Bob"]);
         assert!(manager.find_by_name("alice").is_none());
@@ -429,8 +476,12 @@ mod tests {
     #[test]
     fn full_queue_closes_only_that_connection() {
         let manager = ConnectionManager::new(2);
-        let slow = manager.connect(id("s"), name("Slow"), room("r")).unwrap_or_else(|e| panic!("{e}"));
-        let mut fast = manager.connect(id("f"), name("Fast"), room("r")).unwrap_or_else(|e| panic!("{e}"));
+        let slow = manager
+            .connect(id("s"), name("Slow"), room("r"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut fast = manager
+            .connect(id("f"), name("Fast"), room("r"))
+            .unwrap_or_else(|e| panic!("{e}"));
         for i in 0..3 {
             let frame = Frame::from(format!("{{\"n\":{i}}}"));
             manager.deliver_room("r", None, &frame);
@@ -443,8 +494,12 @@ mod tests {
     #[test]
     fn actor_is_skipped() {
         let manager = ConnectionManager::new(4);
-        let mut a = manager.connect(id("a"), name("Alice"), room("r")).unwrap_or_else(|e| panic!("{e}"));
-        let mut b = manager.connect(id("b"), name("Bob"), room("r")).unwrap_or_else(|e| panic!("{e}"));
+        let mut a = manager
+            .connect(id("a"), name("Alice"), room("r"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut b = manager
+            .connect(id("b"), name("Bob"), room("r"))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(manager.deliver_room("r", Some("a"), &Frame::from("{}")), 1);
         assert!(a.outbound.try_recv().is_err());
         assert!(b.outbound.try_recv().is_ok());

@@ -207,9 +207,16 @@ mod tests {
     fn splices_the_number_in_front() {
         let payload = Bytes::from_static(br#"{"event_type":"x","data":{}}"#);
         let frame = splice_sequence(&payload, false, 42).map(|f| f.to_string());
-        assert_eq!(frame.as_deref(), Some(r#"{"sequence_number":42,"event_type":"x","data":{}}"#));
-        let replaced = splice_sequence(&Bytes::from_static(br#"{"sequence_number":1,"a":2}"#), true, 7)
-            .map(|f| f.to_string());
+        assert_eq!(
+            frame.as_deref(),
+            Some(r#"{"sequence_number":42,"event_type":"x","data":{}}"#)
+        );
+        let replaced = splice_sequence(
+            &Bytes::from_static(br#"{"sequence_number":1,"a":2}"#),
+            true,
+            7,
+        )
+        .map(|f| f.to_string());
         let value: serde_json::Value =
             serde_json::from_str(replaced.as_deref().unwrap_or("null")).unwrap_or_default();
         assert_eq!(value["sequence_number"], 7);

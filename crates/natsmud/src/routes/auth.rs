@@ -30,9 +30,12 @@ pub struct AuthResponse {
 }
 
 fn body(payload: Result<Json<Credentials>, JsonRejection>) -> Result<Credentials, ApiError> {
-    payload
-        .map(|Json(c)| c)
-        .map_err(|e| ApiError::Malformed(format!("expected JSON {{\"username\",\"password\"}}: {}", e.body_text())))
+    payload.map(|Json(c)| c).map_err(|e| {
+        ApiError::Malformed(format!(
+            "expected JSON {{\"username\",\"password\"}}: {}",
+            e.body_text()
+        ))
+    })
 }
 
 fn respond(app: &AppState, id: &PlayerId, name: &PlayerName) -> Result<AuthResponse, ApiError> {
@@ -61,7 +64,9 @@ pub async fn register(
     if chars < MIN_PASSWORD_CHARS || credentials.password.len() > MAX_PASSWORD_BYTES {
         return Err(ApiError::Invalid {
             code: "invalid_password",
-            message: format!("Passwords are {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_BYTES} characters."),
+            message: format!(
+                "Passwords are {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_BYTES} characters."
+            ),
         });
     }
     if app.accounts.find_by_name(&name).await?.is_some() {

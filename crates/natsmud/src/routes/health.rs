@@ -10,7 +10,11 @@ use crate::startup::AppState;
 pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     let nats_ok = app.publisher.is_connected();
     let status = if nats_ok { "ok" } else { "degraded" };
-    let code = if nats_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if nats_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         code,
         Json(json!({

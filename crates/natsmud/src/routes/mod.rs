@@ -20,5 +20,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found() -> axum::response::Response {
-    crate::error::error_body(axum::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    crate::error::error_body(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint",
+    )
 }

@@ -17,16 +17,16 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use natsmud_protocol::{ClientMessage, Envelope, EventType, parse_client_message};
 use natsmud_protocol::envelope::Empty;
+use natsmud_protocol::{ClientMessage, Envelope, EventType, parse_client_message};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::db::Account;
 use crate::error::ApiError;
 use crate::game::{Flow, Session};
-use crate::realtime::connection_manager::{CloseReason, Kick};
 use crate::realtime::Frame;
+use crate::realtime::connection_manager::{CloseReason, Kick};
 use crate::startup::AppState;
 
 /// Bound on how long a closing connection may spend writing its last frames.
@@ -44,8 +44,11 @@ pub async fn upgrade(
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
-            return ApiError::Malformed(format!("expected a WebSocket upgrade: {}", rejection.body_text()))
-                .into_response();
+            return ApiError::Malformed(format!(
+                "expected a WebSocket upgrade: {}",
+                rejection.body_text()
+            ))
+            .into_response();
         }
     };
     let max_frame = app.config.max_frame_bytes as usize;
@@ -78,7 +81,10 @@ async fn run_connection(app: AppState, mut socket: WebSocket, account: Account) 
         .unwrap_or_else(|| app.world.start())
         .id
         .clone();
-    let connected = match app.manager.connect(account.id.clone(), account.name.clone(), room) {
+    let connected = match app
+        .manager
+        .connect(account.id.clone(), account.name.clone(), room)
+    {
         Ok(connected) => connected,
         Err(_) => {
             let reason = CloseReason::SHUTDOWN;
@@ -103,7 +109,10 @@ async fn run_connection(app: AppState, mut socket: WebSocket, account: Account) 
         .in_current_span(),
     );
 
-    let session = Session { app: &app, conn: &conn };
+    let session = Session {
+        app: &app,
+        conn: &conn,
+    };
     let Some(room) = app.world.room(connected.room.as_str()) else {
         conn.kick.close(CloseReason::NORMAL);
         return;
@@ -116,7 +125,10 @@ async fn run_connection(app: AppState, mut socket: WebSocket, account: Account) 
     read_loop(&session, stream, &last_seen, started).await;
 
     conn.kick.close(CloseReason::NORMAL);
-    if tokio::time::timeout(CLOSE_WRITE_TIMEOUT * 2, writer).await.is_err() {
+    if tokio::time::timeout(CLOSE_WRITE_TIMEOUT * 2, writer)
+        .await
+        .is_err()
+    {
         tracing::warn!("writer did not finish in time");
     }
     if let Some(room) = app.manager.disconnect(&conn.player_id, conn.connection) {
@@ -156,7 +168,9 @@ async fn read_loop(
                 }
                 match parse_client_message(text.as_str()) {
                     Ok(ClientMessage::Ping) => {
-                        session.conn.send_direct(Envelope::new(EventType::Pong, Empty {}));
+                        session
+                            .conn
+                            .send_direct(Envelope::new(EventType::Pong, Empty {}));
                     }
                     Ok(ClientMessage::Command(command)) => {
                         if session.run(command).await == Flow::Quit {

@@ -31,7 +31,12 @@ fn nats_server_bin() -> PathBuf {
     if let Ok(entries) = std::fs::read_dir(&tools) {
         for entry in entries.flatten() {
             let bin = entry.path().join("bin/nats-server");
-            if entry.file_name().to_string_lossy().starts_with("nats-server-") && bin.exists() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("nats-server-")
+                && bin.exists()
+            {
                 return bin;
             }
         }
@@ -75,11 +80,24 @@ impl NatsServer {
             {
                 break url.to_owned();
             }
-            assert!(Instant::now() < deadline, "nats-server did not write {}", ports_file.display());
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not write {}",
+                ports_file.display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
-        let port = url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in url");
-        Self { child, url, port, dir }
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in url");
+        Self {
+            child,
+            url,
+            port,
+            dir,
+        }
     }
 
     pub fn stop(&mut self) {
@@ -111,6 +129,10 @@ impl TestApp {
     }
 
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()))
+            .with_test_writer()
+            .try_init();
         let nats = NatsServer::start();
         let data_dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_data_dir(&nats.url, data_dir.path().to_path_buf());
@@ -134,10 +156,30 @@ impl TestApp {
         self.addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let config = self.config.clone();
-        self.task = Some(tokio::spawn(natsmud::startup::run(listener, config, async move {
-            let _ = rx.await;
-        })));
+        self.task = Some(tokio::spawn(natsmud::startup::run(
+            listener,
+            config,
+            async move {
+                let _ = rx.await;
+            },
+        )));
         self.shutdown = Some(tx);
+        self.wait_until_serving().await;
+    }
+
+    /// Startup (world, database, NATS subscription) finishes before the first request.
+    async fn wait_until_serving(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(task) = self.task.take_if(|t| t.is_finished()) {
+                panic!("natsmud stopped during startup: {:?}", task.await);
+            }
+            if self.http.get(self.url("/health")).send().await.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "natsmud did not start serving");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Graceful shutdown; returns once the server has stopped.
@@ -164,7 +206,13 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self.http.post(self.url(path)).json(body).send().await.unwrap();
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -178,7 +226,10 @@ impl TestApp {
     /// Registers `name` with a fixed password; returns the access token.
     pub async fn register(&self, name: &str) -> Account {
         let (status, body) = self
-            .post("/api/auth/register", &json!({"username": name, "password": "correct horse"}))
+            .post(
+                "/api/auth/register",
+                &json!({"username": name, "password": "correct horse"}),
+            )
             .await;
         assert_eq!(status, 201, "register {name}: {body}");
         serde_json::from_value(body).unwrap()
@@ -195,7 +246,9 @@ impl TestApp {
 
     pub async fn connect(&self, account: &Account) -> Player {
         let url = format!("ws://{}/api/ws?token={}", self.addr, account.access_token);
-        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
         Player {
             name: account.player_name.clone(),
             id: account.player_id.clone(),
@@ -247,22 +300,29 @@ impl Player {
 
     /// Sends a typed line as a `game_command`.
     pub async fn command(&mut self, line: &str) {
-        self.send_json(json!({"type": "game_command", "data": {"command": line}})).await;
+        self.send_json(json!({"type": "game_command", "data": {"command": line}}))
+            .await;
     }
 
     /// The next frame or close, or `None` if nothing arrives within `wait`.
     pub async fn next_within(&mut self, wait: Duration) -> Option<Received> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let message = tokio::time::timeout_at(deadline, self.socket.next()).await.ok()?;
+            let message = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()?;
             match message {
                 Some(Ok(Message::Text(text))) => {
-                    let frame: ServerFrame = serde_json::from_str(text.as_str())
-                        .unwrap_or_else(|e| panic!("{} got an unreadable frame {text}: {e}", self.name));
+                    let frame: ServerFrame =
+                        serde_json::from_str(text.as_str()).unwrap_or_else(|e| {
+                            panic!("{} got an unreadable frame {text}: {e}", self.name)
+                        });
                     return Some(Received::Frame(frame));
                 }
                 Some(Ok(Message::Close(frame))) => {
-                    return Some(Received::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string()))));
+                    return Some(Received::Closed(
+                        frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                    ));
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return Some(Received::Closed(None)),

@@ -1,0 +1,232 @@
+//! Proof that NATS is the path: events published on NATS by someone else reach sockets,
+//! players on two nodes sharing one NATS see each other, and the server rides out NATS
+//! going away.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{NatsServer, TestApp};
+use natsmud_protocol::envelope::PresenceData;
+use natsmud_protocol::{Envelope, EventType, PlayerId, RoomId, Subject, SubjectPrefix};
+use serde_json::json;
+
+async fn outside_client(url: &str) -> async_nats::Client {
+    async_nats::connect(url)
+        .await
+        .expect("test connects to its nats-server")
+}
+
+fn stranger_entering(room: &str) -> Envelope<PresenceData> {
+    Envelope::new(
+        EventType::PlayerEntered,
+        PresenceData {
+            player_id: PlayerId::parse("stranger-1").unwrap(),
+            player_name: "Stranger".to_owned(),
+            message: "Stranger enters the room.".to_owned(),
+        },
+    )
+    .in_room(RoomId::parse(room).unwrap())
+    .by_player(PlayerId::parse("stranger-1").unwrap())
+}
+
+#[tokio::test]
+async fn an_event_published_on_nats_from_outside_reaches_the_rooms_sockets() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.join("Alice").await;
+    let mut bob = app.join("Bob").await;
+    alice.expect(EventType::PlayerEnteredGame).await;
+    // Carol stands elsewhere and must not hear it.
+    let mut carol = app.join("Carol").await;
+    let (direction, _) = common::some_exit(&alice.room);
+    carol.ask(&format!("go {direction}")).await;
+    while alice.next_within(common::QUIET).await.is_some() {}
+    while bob.next_within(common::QUIET).await.is_some() {}
+
+    let nats = outside_client(&app.nats.url).await;
+    let room = RoomId::parse(&alice.room).unwrap();
+    let subject = Subject::player_entered(&room).render(&SubjectPrefix::default());
+    assert_eq!(subject, format!("events.player_entered.{}", alice.room));
+    nats.publish(subject, stranger_entering(&alice.room).to_bytes())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+
+    for player in [&mut alice, &mut bob] {
+        let frame = player.expect(EventType::PlayerEntered).await;
+        assert_eq!(frame.data["message"], "Stranger enters the room.");
+        assert_eq!(frame.player_id.as_deref(), Some("stranger-1"));
+        assert!(frame.sequence_number > 0);
+        player.expect_silence().await;
+    }
+    carol.expect_silence().await;
+}
+
+#[tokio::test]
+async fn a_subject_prefix_separates_worlds_on_one_nats() {
+    let app = TestApp::spawn_with(|config| {
+        config.subject_prefix = SubjectPrefix::parse("world1").unwrap();
+    })
+    .await;
+    let mut alice = app.join("Alice").await;
+    let nats = outside_client(&app.nats.url).await;
+    let room = RoomId::parse(&alice.room).unwrap();
+    let envelope = stranger_entering(&alice.room).to_bytes();
+
+    nats.publish(
+        Subject::player_entered(&room).render(&SubjectPrefix::default()),
+        envelope.clone(),
+    )
+    .await
+    .unwrap();
+    nats.publish(
+        format!("world2.events.player_entered.{room}"),
+        envelope.clone(),
+    )
+    .await
+    .unwrap();
+    nats.flush().await.unwrap();
+    alice.expect_silence().await;
+
+    let world1 = SubjectPrefix::parse("world1").unwrap();
+    nats.publish(Subject::player_entered(&room).render(&world1), envelope)
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.expect(EventType::PlayerEntered).await.data["player_name"],
+        "Stranger"
+    );
+
+    // The server's own events use the prefix too.
+    let mut listener = nats.subscribe("world1.chat.say.>").await.unwrap();
+    nats.flush().await.unwrap();
+    alice.ask("say prefixed").await;
+    let message = tokio::time::timeout(common::WAIT, futures::StreamExt::next(&mut listener))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(message.subject.as_str(), format!("world1.chat.say.{room}"));
+}
+
+#[tokio::test]
+async fn malformed_events_on_nats_are_dropped_and_delivery_goes_on() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.join("Alice").await;
+    let nats = outside_client(&app.nats.url).await;
+    let subject = format!("chat.say.{}", alice.room);
+    for junk in [&b"not json"[..], b"[1,2,3]", b"{\"no_event_type\":1}", b""] {
+        nats.publish(subject.clone(), junk.to_vec().into())
+            .await
+            .unwrap();
+    }
+    // An envelope that brings its own sequence number gets the node's number instead.
+    let mut with_number = serde_json::to_value(stranger_entering(&alice.room)).unwrap();
+    with_number["sequence_number"] = json!(999_999);
+    nats.publish(
+        format!("events.player_entered.{}", alice.room),
+        with_number.to_string().into(),
+    )
+    .await
+    .unwrap();
+    nats.flush().await.unwrap();
+    let frame = alice.expect(EventType::PlayerEntered).await;
+    assert!(frame.sequence_number < 999_999, "{frame:?}");
+    alice.expect_silence().await;
+    assert_eq!(
+        alice.ask("who").await.data["result"],
+        "Players online (1): Alice"
+    );
+}
+
+#[tokio::test]
+async fn players_on_two_nodes_sharing_one_nats_hear_each_other() {
+    let node_a = TestApp::spawn().await;
+    let nats_url = node_a.nats.url.clone();
+    let shared_dir = node_a.data_dir.path().to_path_buf();
+    // Node B: its own process state, the same NATS and the same account database.
+    let node_b = TestApp::spawn_with(|config| {
+        config.nats_url = nats_url;
+        config.data_dir = shared_dir;
+    })
+    .await;
+
+    let mut alice = node_a.join("Alice").await;
+    let bob_account = node_a.register("Bob").await;
+    let mut bob = node_b.connect(&bob_account).await;
+    bob.expect(EventType::GameState).await;
+    let entered = alice.expect(EventType::PlayerEnteredGame).await;
+    assert_eq!(entered.data["player_name"], "Bob");
+
+    bob.ask("say hello from node b").await;
+    assert_eq!(
+        alice.expect(EventType::ChatMessage).await.data["message"],
+        "Bob says: hello from node b"
+    );
+    alice.ask("say hello from node a").await;
+    assert_eq!(
+        bob.expect(EventType::ChatMessage).await.data["message"],
+        "Alice says: hello from node a"
+    );
+    alice.expect_silence().await;
+    bob.expect_silence().await;
+}
+
+#[tokio::test]
+async fn nats_going_away_fails_fast_and_the_server_recovers_when_it_returns() {
+    let mut app = TestApp::spawn().await;
+    let mut alice = app.join("Alice").await;
+    let mut bob = app.join("Bob").await;
+    alice.expect(EventType::PlayerEnteredGame).await;
+    assert_eq!(app.get("/health").await.1["nats"], "connected");
+
+    let port = app.nats.port;
+    app.nats.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.get("/health").await.0 != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "/health never reported NATS down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.get("/health").await.1["status"], "degraded");
+
+    let asked = Instant::now();
+    alice.command("say is anyone there?").await;
+    alice.expect_error("event_bus_unavailable").await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "the error must not wait for NATS"
+    );
+    // Commands that need no other player still work, and the socket stays open.
+    assert!(alice.ask("look").await.data_str("result").contains("Exits"));
+
+    app.nats = NatsServer::start_on(Some(port));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while app.get("/health").await.0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "natsmud did not reconnect to NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The subscription is restored: chat flows again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        alice.command("say back again").await;
+        let reply = alice.next_frame().await;
+        if reply.event_type == EventType::CommandResponse {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "publishing never recovered: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        bob.expect(EventType::ChatMessage).await.data["message"],
+        "Alice says: back again"
+    );
+}
