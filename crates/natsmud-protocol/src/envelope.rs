@@ -51,10 +51,12 @@ impl EventType {
 /// connection's counter.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope<D> {
-    pub event_type: EventType,
-    pub timestamp: String,
+    /// First, so that every frame starts with `{"sequence_number":N` and a transport can
+    /// read the number without parsing the frame (the node splices it there as well).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence_number: Option<u64>,
+    pub event_type: EventType,
+    pub timestamp: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room_id: Option<RoomId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +95,13 @@ impl<D: Serialize> Envelope<D> {
         // Serialising plain structs of strings and numbers into a Vec cannot fail.
         bytes::Bytes::from(serde_json::to_vec(self).unwrap_or_default())
     }
+}
+
+/// The `sequence_number` of a frame that starts with it, as every frame natsmud sends does.
+pub fn leading_sequence(frame: &[u8]) -> Option<u64> {
+    let rest = frame.strip_prefix(b"{\"sequence_number\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-23T10:15:02.123Z`.
@@ -169,6 +178,9 @@ pub struct ChatMessageData {
     pub target_id: Option<PlayerId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_name: Option<String>,
+    /// The sub-zone a `local` message was spoken to: the stream it is numbered in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_zone: Option<SubZoneId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +246,16 @@ pub struct EnvelopeDataView<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbered_envelopes_start_with_their_number() {
+        let bytes = Envelope::new(EventType::Pong, Empty {})
+            .with_sequence(7)
+            .to_bytes();
+        assert!(bytes.starts_with(b"{\"sequence_number\":7,\"event_type\""));
+        assert_eq!(leading_sequence(&bytes), Some(7));
+        assert_eq!(leading_sequence(b"{\"event_type\":1}"), None);
+    }
 
     #[test]
     fn envelope_omits_absent_fields_and_starts_with_event_type() {

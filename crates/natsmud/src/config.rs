@@ -1,19 +1,28 @@
-//! Configuration: defaults < environment (`NATSMUD_…`) < command-line flags.
+//! Configuration: defaults < a TOML file (`--config FILE`) < environment variables
+//! (`NATSMUD_…`) < command-line flags. Every key of the file is a flag's name with `_` for
+//! `-` (`tick_interval_ms = 1000` for `--tick-interval-ms 1000`).
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use natsmud_protocol::SubjectPrefix;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "natsmud",
     version,
-    about = "A multiplayer text-game server whose events travel through NATS"
+    about = "A multiplayer text-game server whose real-time events travel through NATS",
+    args_override_self = true
 )]
 pub struct Config {
+    /// TOML file with settings; environment variables and flags override it.
+    #[arg(long = "config", env = "NATSMUD_CONFIG")]
+    pub config_file: Option<PathBuf>,
+
     /// Address the HTTP/WebSocket server listens on.
     #[arg(long, env = "NATSMUD_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
@@ -25,6 +34,38 @@ pub struct Config {
         default_value = "nats://127.0.0.1:4222"
     )]
     pub nats_url: String,
+
+    /// File with NATS credentials (JWT + NKey seed, a `.creds` file).
+    #[arg(long, env = "NATSMUD_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = "NATSMUD_NATS_USER")]
+    pub nats_user: Option<String>,
+
+    /// NATS password (with --nats-user).
+    #[arg(long, env = "NATSMUD_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+
+    /// NATS authentication token.
+    #[arg(long, env = "NATSMUD_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+
+    /// PEM file of CA certificates to trust for NATS over TLS.
+    #[arg(long, env = "NATSMUD_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for NATS over TLS (with --nats-tls-key).
+    #[arg(long, env = "NATSMUD_NATS_TLS_CERT")]
+    pub nats_tls_cert: Option<PathBuf>,
+
+    /// PEM client key for NATS over TLS (with --nats-tls-cert).
+    #[arg(long, env = "NATSMUD_NATS_TLS_KEY")]
+    pub nats_tls_key: Option<PathBuf>,
+
+    /// Refuse to talk to NATS without TLS.
+    #[arg(long, env = "NATSMUD_NATS_REQUIRE_TLS", action = ArgAction::SetTrue)]
+    pub nats_require_tls: bool,
 
     /// Prefix put in front of every NATS subject, so several worlds can share one NATS.
     #[arg(long, env = "NATSMUD_SUBJECT_PREFIX", default_value = "", value_parser = parse_prefix)]
@@ -50,6 +91,10 @@ pub struct Config {
     /// Directory holding world.json and zones/*.json; the built-in world when unset.
     #[arg(long = "world", env = "NATSMUD_WORLD_DIR")]
     pub world_dir: Option<PathBuf>,
+
+    /// Milliseconds between game ticks (at least 100), or 0 for no ticks on this node.
+    #[arg(long, env = "NATSMUD_TICK_INTERVAL_MS", default_value_t = 10_000, value_parser = parse_tick_interval)]
+    pub tick_interval_ms: u64,
 
     /// Frames each connection may have waiting to be written before it is closed as a
     /// slow consumer (close code 4008).
@@ -78,8 +123,166 @@ pub struct Config {
     pub log: String,
 
     /// Log as JSON lines instead of human-readable text.
-    #[arg(long, env = "NATSMUD_LOG_JSON", default_value_t = false)]
+    #[arg(long, env = "NATSMUD_LOG_JSON", action = ArgAction::SetTrue)]
     pub log_json: bool,
+}
+
+fn parse_tick_interval(value: &str) -> Result<u64, String> {
+    let ms: u64 = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a whole number of milliseconds"))?;
+    if ms != 0 && ms < 100 {
+        return Err(format!(
+            "{ms} ms is too short; use at least 100, or 0 for no ticks"
+        ));
+    }
+    Ok(ms)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {file}: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("config file {file} is not valid TOML: {source}")]
+    Toml {
+        file: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config file {file}, key `{key}`: {problem}")]
+    Key {
+        file: String,
+        key: String,
+        problem: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads the configuration from the process's arguments, environment and config file.
+    /// `--help` and `--version` print and exit, as does a flag error (with clap's message).
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    pub fn load_from<I, T>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let matches = Self::command().get_matches_from(args.clone());
+        let file = matches.get_one::<PathBuf>("config_file").cloned();
+        let Some(file) = file else {
+            return Self::from_arg_matches(&matches)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?
+                .validated();
+        };
+        // The file's values go in as flags placed before the real ones, and only for keys
+        // that neither the environment nor a flag set, so the precedence holds.
+        let injected = file_arguments(&file, &matches)?;
+        let mut merged = Vec::with_capacity(args.len() + injected.len());
+        merged.extend(args.first().cloned());
+        merged.extend(injected);
+        merged.extend(args.into_iter().skip(1));
+        let matches = Self::command()
+            .try_get_matches_from(merged)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Self::from_arg_matches(&matches)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?
+            .validated()
+    }
+
+    fn validated(self) -> Result<Self, ConfigError> {
+        if self.nats_user.is_some() != self.nats_password.is_some() {
+            return Err(ConfigError::Invalid(
+                "nats_user and nats_password go together".to_owned(),
+            ));
+        }
+        if self.nats_tls_cert.is_some() != self.nats_tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "nats_tls_cert and nats_tls_key go together".to_owned(),
+            ));
+        }
+        if self.nats_url.split(',').all(|u| u.trim().is_empty()) {
+            return Err(ConfigError::Invalid("nats_url is empty".to_owned()));
+        }
+        Ok(self)
+    }
+}
+
+fn file_arguments(file: &Path, matches: &clap::ArgMatches) -> Result<Vec<OsString>, ConfigError> {
+    let name = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: name.clone(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|source| ConfigError::Toml {
+        file: name.clone(),
+        source: Box::new(source),
+    })?;
+    let command = Config::command();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let key_error = |problem: String| ConfigError::Key {
+            file: name.clone(),
+            key: key.clone(),
+            problem,
+        };
+        let Some(arg) = command
+            .get_arguments()
+            .find(|a| a.get_id() == key.as_str() && a.get_long().is_some() && key != "config_file")
+        else {
+            return Err(key_error("unknown setting (see natsmud --help)".to_owned()));
+        };
+        if !matches!(
+            matches.value_source(&key),
+            Some(ValueSource::DefaultValue) | None
+        ) {
+            continue;
+        }
+        let flag = format!("--{}", arg.get_long().unwrap_or_default());
+        let is_switch = matches!(arg.get_action(), ArgAction::SetTrue);
+        match (&value, is_switch) {
+            (toml::Value::Boolean(true), true) => out.push(OsString::from(flag)),
+            (toml::Value::Boolean(false), true) => {}
+            (_, true) => return Err(key_error("expected true or false".to_owned())),
+            (toml::Value::String(text), false) => {
+                check_value(&command, arg, text).map_err(&key_error)?;
+                out.push(OsString::from(format!("{flag}={text}")));
+            }
+            (toml::Value::Integer(number), false) => {
+                check_value(&command, arg, &number.to_string()).map_err(&key_error)?;
+                out.push(OsString::from(format!("{flag}={number}")));
+            }
+            (toml::Value::Boolean(b), false) => {
+                check_value(&command, arg, &b.to_string()).map_err(&key_error)?;
+                out.push(OsString::from(format!("{flag}={b}")));
+            }
+            _ => return Err(key_error("expected a string or a number".to_owned())),
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the flag's own parser on a file value, so the error names the key.
+fn check_value(command: &clap::Command, arg: &clap::Arg, value: &str) -> Result<(), String> {
+    let flag = format!("--{}={value}", arg.get_long().unwrap_or_default());
+    command
+        .clone()
+        .try_get_matches_from(["natsmud", flag.as_str()])
+        .map(|_| ())
+        .map_err(|e| {
+            let text = e.to_string();
+            text.lines()
+                .next()
+                .unwrap_or(&text)
+                .trim_start_matches("error: ")
+                .to_owned()
+        })
 }
 
 fn parse_prefix(value: &str) -> Result<SubjectPrefix, String> {
@@ -91,6 +294,7 @@ impl Config {
     /// given NATS URL and data directory.
     pub fn for_data_dir(nats_url: &str, data_dir: PathBuf) -> Self {
         let mut config = Self::parse_from(["natsmud"]);
+        config.config_file = None;
         config.nats_url = nats_url.to_owned();
         config.data_dir = data_dir;
         config
@@ -108,5 +312,67 @@ impl Config {
 
     pub fn ws_ping_interval(&self) -> Duration {
         Duration::from_secs(self.ws_ping_secs)
+    }
+
+    pub fn tick_interval(&self) -> Option<Duration> {
+        (self.tick_interval_ms > 0).then(|| Duration::from_millis(self.tick_interval_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("natsmud.toml");
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+        (dir, path)
+    }
+
+    fn load(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::load_from(std::iter::once("natsmud").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_override_them() {
+        let (_dir, path) =
+            write("tick_interval_ms = 500\nbind = \"127.0.0.1:9000\"\nlog_json = true\n");
+        let path = path.to_string_lossy().to_string();
+        let config = load(&["--config", &path]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.tick_interval_ms, 500);
+        assert_eq!(config.bind.port(), 9000);
+        assert!(config.log_json);
+        let config = load(&["--config", &path, "--tick-interval-ms", "700"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.tick_interval_ms, 700);
+    }
+
+    #[test]
+    fn bad_file_values_name_the_key() {
+        let (_dir, path) = write("tick_interval_ms = 5\n");
+        let error = load(&["--config", &path.to_string_lossy()])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("tick_interval_ms") && error.contains("too short"),
+            "{error}"
+        );
+        let (_dir, path) = write("no_such_setting = 1\n");
+        let error = load(&["--config", &path.to_string_lossy()])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("no_such_setting") && error.contains("unknown"),
+            "{error}"
+        );
+        let (_dir, path) = write("bind = \"nowhere\"\n");
+        let error = load(&["--config", &path.to_string_lossy()])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("`bind`"), "{error}");
     }
 }

@@ -4,12 +4,12 @@
 
 use natsmud_protocol::command::HELP_TEXT;
 use natsmud_protocol::envelope::{
-    ChatMessageData, CommandResponseData, ErrorData, GameStateData, PlayerInfo, PresenceData,
-    RoomUpdateData,
+    ChatMessageData, CommandResponseData, Empty, ErrorData, GameStateData, PlayerInfo,
+    PresenceData, RoomUpdateData,
 };
 use natsmud_protocol::{
-    Command, Direction, Envelope, ErrorCode, EventType, PlayerId, PlayerName, ProtocolError,
-    RoomId, Subject,
+    ClientMessage, Command, Direction, Envelope, ErrorCode, EventType, PlayerId, PlayerName,
+    ProtocolError, RoomId, Subject,
 };
 
 use crate::realtime::PublishError;
@@ -114,6 +114,18 @@ impl Session<'_> {
         let envelope = presence(event_type, self.me(), name, room, message);
         // A failure is logged and counted by the publisher; the login or logout stands.
         let _ = self.app.publisher.publish(subject, &envelope).await;
+    }
+
+    /// Runs one client message from either transport.
+    pub async fn handle_message(&self, message: ClientMessage) -> Flow {
+        match message {
+            ClientMessage::Ping => {
+                self.conn
+                    .send_direct(Envelope::new(EventType::Pong, Empty {}));
+                Flow::Continue
+            }
+            ClientMessage::Command(command) => self.run(command).await,
+        }
     }
 
     pub async fn run(&self, command: Command) -> Flow {
@@ -331,6 +343,7 @@ impl Session<'_> {
                 message_id: uuid::Uuid::new_v4().simple().to_string(),
                 target_id: None,
                 target_name: None,
+                sub_zone: None,
             },
         )
         .by_player(self.me().clone())

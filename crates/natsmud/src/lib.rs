@@ -7,12 +7,16 @@
 //!  NATS ─► realtime::nats_handler (route, number) ─► realtime::ConnectionManager ─► writer task ─► socket
 //! ```
 //!
-//! - [`config`]: settings from flags and `NATSMUD_…` variables.
+//! - [`config`]: settings from a TOML file, `NATSMUD_…` variables and flags.
 //! - [`startup`]: [`startup::run`] takes a bound listener and a shutdown future (tests bind
 //!   port 0); it wires everything below together and drains on shutdown.
 //! - [`world`]: rooms, zones and sub-zones from JSON, validated at load.
 //! - [`db`] and [`auth`]: accounts in SQLite, argon2id passwords, JWT access tokens.
-//! - [`routes`]: HTTP (`/api/auth/*`, `/health`) and the WebSocket (`/api/ws`).
+//! - [`routes`]: HTTP (`/api/auth/*`, `/health`, `/metrics`, the web client), the WebSocket
+//!   (`/api/ws`) and SSE (`/api/events` + `POST /api/command`), sharing one connection life
+//!   ([`routes::session`]).
+//! - [`services`]: the game tick.
+//! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`game`]: what each command does. Other players only ever learn of it through NATS.
 //! - [`realtime`]: the event path: publisher, NATS handler and connection manager (the one
 //!   place that knows who is connected and in which room).
@@ -25,7 +29,9 @@ pub mod game;
 pub mod nats;
 pub mod realtime;
 pub mod routes;
+pub mod services;
 pub mod startup;
+pub mod telemetry;
 pub mod world;
 
 pub use config::Config;

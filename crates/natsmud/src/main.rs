@@ -1,17 +1,15 @@
-use clap::Parser;
 use natsmud::Config;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = Config::parse();
-    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
-    if config.log_json {
-        subscriber.json().init();
-    } else {
-        subscriber.init();
-    }
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("natsmud: invalid configuration: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    natsmud::telemetry::init_logging(&config.log, config.log_json);
     match serve(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

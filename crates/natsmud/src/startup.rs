@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Passwords, Tokens, load_or_create_secret};
 use crate::config::Config;
 use crate::db::Accounts;
-use crate::realtime::nats_handler::{HandlerCounters, NatsMessageHandler};
+use crate::realtime::nats_handler::NatsMessageHandler;
 use crate::realtime::{CloseReason, ConnectionManager, EventPublisher};
+use crate::services::game_tick::GameTickService;
 use crate::world::World;
 
 /// How long shutdown waits for connections to say goodbye.
@@ -27,8 +28,7 @@ pub struct AppInner {
     pub passwords: Passwords,
     pub tokens: Tokens,
     pub manager: Arc<ConnectionManager>,
-    pub publisher: EventPublisher,
-    pub handler_counters: Arc<HandlerCounters>,
+    pub publisher: Arc<EventPublisher>,
     pub started: Instant,
 }
 
@@ -68,12 +68,12 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot use NATS URL {}", config.nats_url))?;
     let manager = Arc::new(ConnectionManager::new(config.outbound_queue as usize));
-    let handler_counters = Arc::new(HandlerCounters::default());
-    let publisher = EventPublisher::new(
+    let publisher = Arc::new(EventPublisher::new(
         client.clone(),
         config.subject_prefix.clone(),
         config.publish_timeout(),
-    );
+    ));
+    let metrics_handle = crate::telemetry::metrics_handle();
 
     let stop_handler = CancellationToken::new();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -81,7 +81,6 @@ pub async fn run(
         config.subject_prefix.clone(),
         manager.clone(),
         world.clone(),
-        handler_counters.clone(),
     );
     let handler_task = tokio::spawn(handler.run(client.clone(), ready_tx, stop_handler.clone()));
     // Accept players only once the subscription is live, so no early event is missed.
@@ -101,10 +100,22 @@ pub async fn run(
         passwords,
         tokens,
         manager: manager.clone(),
-        publisher,
-        handler_counters,
+        publisher: publisher.clone(),
         started: Instant::now(),
     }));
+
+    let stop_services = CancellationToken::new();
+    let tick_task = state.config.tick_interval().map(|interval| {
+        let service = GameTickService {
+            interval,
+            publisher: publisher.clone(),
+            manager: manager.clone(),
+        };
+        tokio::spawn(service.run(stop_services.clone()))
+    });
+    if let Some(handle) = metrics_handle {
+        tokio::spawn(crate::telemetry::run_upkeep(handle, stop_services.clone()));
+    }
 
     let stop_http = CancellationToken::new();
     let server = {
@@ -117,6 +128,10 @@ pub async fn run(
     tracing::info!("shutting down");
 
     stop_http.cancel();
+    stop_services.cancel();
+    if let Some(task) = tick_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     manager.close_all(CloseReason::SHUTDOWN);
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     while manager.connected_count() > 0 && Instant::now() < deadline {

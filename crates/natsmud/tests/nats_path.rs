@@ -101,7 +101,8 @@ async fn a_subject_prefix_separates_worlds_on_one_nats() {
     // The server's own events use the prefix too.
     let mut listener = nats.subscribe("world1.chat.say.>").await.unwrap();
     nats.flush().await.unwrap();
-    alice.ask("say prefixed").await;
+    let reply = alice.ask("say prefixed").await;
+    assert_eq!(reply.event_type, EventType::CommandResponse, "{reply:?}");
     let message = tokio::time::timeout(common::WAIT, futures::StreamExt::next(&mut listener))
         .await
         .unwrap()

@@ -9,15 +9,43 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use natsmud_protocol::{Envelope, PlayerId, PlayerName, RoomId};
+use natsmud_protocol::{ClientMessage, Envelope, PlayerId, PlayerName, RoomId};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// One serialised envelope, shared by every recipient (cloning is a reference count).
 pub type Frame = Utf8Bytes;
+
+/// A frame waiting in a connection's queue, with when this node got it (for the
+/// NATS → socket latency metric).
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub frame: Frame,
+    pub since: Instant,
+}
+
+/// Commands a connection accepts from outside its own socket (`POST /api/command`) wait
+/// here; more than this and the sender is told to slow down.
+pub const COMMAND_QUEUE: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    Sse,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::Sse => "sse",
+        }
+    }
+}
 
 /// Why the server closes a connection; sent as the WebSocket close frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,18 +128,23 @@ impl Kick {
 struct Member {
     connection: u64,
     name: PlayerName,
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Queued>,
+    commands: mpsc::Sender<ClientMessage>,
     kick: Arc<Kick>,
     /// Who whispered to this player last, for `reply`.
     last_whisper_from: Mutex<Option<PlayerId>>,
 }
 
 impl Member {
-    fn offer(&self, frame: &Frame) -> bool {
-        match self.tx.try_send(frame.clone()) {
+    fn offer(&self, frame: &Frame, since: Instant) -> bool {
+        let queued = Queued {
+            frame: frame.clone(),
+            since,
+        };
+        match self.tx.try_send(queued) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.kick.close(CloseReason::SLOW_CONSUMER);
+                slow_consumer(&self.kick);
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -145,14 +178,22 @@ impl State {
     }
 }
 
+fn slow_consumer(kick: &Kick) {
+    if !kick.is_closed() {
+        metrics::counter!(crate::telemetry::SLOW_CONSUMERS).increment(1);
+    }
+    kick.close(CloseReason::SLOW_CONSUMER);
+}
+
 /// What a connection's own tasks hold.
 #[derive(Debug)]
 pub struct ConnectionHandle {
     pub player_id: PlayerId,
     pub name: PlayerName,
     pub connection: u64,
+    pub transport: Transport,
     pub kick: Arc<Kick>,
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Queued>,
     direct_sequence: AtomicU64,
 }
 
@@ -164,8 +205,12 @@ impl ConnectionHandle {
         let Ok(frame) = Frame::try_from(bytes) else {
             return;
         };
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame) {
-            self.kick.close(CloseReason::SLOW_CONSUMER);
+        let queued = Queued {
+            frame,
+            since: Instant::now(),
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(queued) {
+            slow_consumer(&self.kick);
         }
     }
 }
@@ -174,7 +219,9 @@ impl ConnectionHandle {
 #[derive(Debug)]
 pub struct Connected {
     pub handle: ConnectionHandle,
-    pub outbound: mpsc::Receiver<Frame>,
+    pub outbound: mpsc::Receiver<Queued>,
+    /// Client messages submitted from outside the socket (`POST /api/command`).
+    pub commands: mpsc::Receiver<ClientMessage>,
     /// The room the player is in (for a replacing login, the room it already was in).
     pub room: RoomId,
     /// False when this connection replaced another one of the same player, who therefore
@@ -188,6 +235,8 @@ pub enum ManagerError {
     NotConnected,
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("too many commands are waiting; slow down")]
+    Busy,
 }
 
 #[derive(Debug)]
@@ -226,14 +275,17 @@ impl ConnectionManager {
         player: PlayerId,
         name: PlayerName,
         room: RoomId,
+        transport: Transport,
     ) -> Result<Connected, ManagerError> {
         let (tx, outbound) = mpsc::channel(self.queue_capacity);
+        let (command_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let kick = Arc::new(Kick::default());
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let member = Arc::new(Member {
             connection,
             name: name.clone(),
             tx: tx.clone(),
+            commands: command_tx,
             kick: kick.clone(),
             last_whisper_from: Mutex::new(None),
         });
@@ -258,11 +310,13 @@ impl ConnectionManager {
                 player_id: player,
                 name,
                 connection,
+                transport,
                 kick,
                 tx,
                 direct_sequence: AtomicU64::new(0),
             },
             outbound,
+            commands,
             room,
             entered_game,
         })
@@ -283,6 +337,20 @@ impl ConnectionManager {
         state.remove_from_room(&room, player);
         state.by_name.remove(&member.name.folded());
         Some(room)
+    }
+
+    /// Hands a client message to the player's connection, which runs it in order with the
+    /// ones from its own socket.
+    pub fn submit(&self, player: &str, message: ClientMessage) -> Result<(), ManagerError> {
+        let state = self.read();
+        let (member, _) = state
+            .players
+            .get(player)
+            .ok_or(ManagerError::NotConnected)?;
+        member.commands.try_send(message).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ManagerError::Busy,
+            mpsc::error::TrySendError::Closed(_) => ManagerError::NotConnected,
+        })
     }
 
     /// Moves a connected player; returns the room it left.
@@ -359,33 +427,51 @@ impl ConnectionManager {
     }
 
     /// Delivers to the members of `room`, except the actor. Returns how many got it.
-    pub fn deliver_room(&self, room: &str, actor: Option<&str>, frame: &Frame) -> usize {
+    pub fn deliver_room(
+        &self,
+        room: &str,
+        actor: Option<&str>,
+        frame: &Frame,
+        since: Instant,
+    ) -> usize {
         let state = self.read();
-        deliver_to_members(state.rooms.get(room), actor, frame)
+        deliver_to_members(state.rooms.get(room), actor, frame, since)
     }
 
     /// Delivers to the members of each of `rooms`, except the actor.
-    pub fn deliver_rooms(&self, rooms: &[RoomId], actor: Option<&str>, frame: &Frame) -> usize {
+    pub fn deliver_rooms(
+        &self,
+        rooms: &[RoomId],
+        actor: Option<&str>,
+        frame: &Frame,
+        since: Instant,
+    ) -> usize {
         let state = self.read();
         rooms
             .iter()
-            .map(|room| deliver_to_members(state.rooms.get(room), actor, frame))
+            .map(|room| deliver_to_members(state.rooms.get(room), actor, frame, since))
             .sum()
     }
 
     /// Delivers to every connected player, except the actor.
-    pub fn deliver_all(&self, actor: Option<&str>, frame: &Frame) -> usize {
+    pub fn deliver_all(&self, actor: Option<&str>, frame: &Frame, since: Instant) -> usize {
         let state = self.read();
         state
             .players
             .iter()
             .filter(|(id, _)| Some(id.as_str()) != actor)
-            .filter(|(_, (member, _))| member.offer(frame))
+            .filter(|(_, (member, _))| member.offer(frame, since))
             .count()
     }
 
     /// Delivers a whisper to its target, remembering the sender for `reply`.
-    pub fn deliver_whisper(&self, target: &str, sender: Option<PlayerId>, frame: &Frame) -> usize {
+    pub fn deliver_whisper(
+        &self,
+        target: &str,
+        sender: Option<PlayerId>,
+        frame: &Frame,
+        since: Instant,
+    ) -> usize {
         let state = self.read();
         let Some((member, _)) = state.players.get(target) else {
             return 0;
@@ -396,7 +482,7 @@ impl ConnectionManager {
                 Err(poisoned) => *poisoned.into_inner() = Some(sender),
             }
         }
-        usize::from(member.offer(frame))
+        usize::from(member.offer(frame, since))
     }
 
     /// Stops new connections and closes every open one with `reason`.
@@ -413,12 +499,13 @@ fn deliver_to_members(
     members: Option<&Vec<(PlayerId, Arc<Member>)>>,
     actor: Option<&str>,
     frame: &Frame,
+    since: Instant,
 ) -> usize {
     members.map_or(0, |members| {
         members
             .iter()
             .filter(|(id, _)| Some(id.as_str()) != actor)
-            .filter(|(_, member)| member.offer(frame))
+            .filter(|(_, member)| member.offer(frame, since))
             .count()
     })
 }
@@ -441,10 +528,10 @@ mod tests {
     fn membership_has_no_ghosts() {
         let manager = ConnectionManager::new(4);
         let a = manager
-            .connect(id("a"), name("Alice"), room("r1"))
+            .connect(id("a"), name("Alice"), room("r1"), Transport::WebSocket)
             .unwrap_or_else(|e| panic!("{e}"));
         let _b = manager
-            .connect(id("b"), name("Bob"), room("r1"))
+            .connect(id("b"), name("Bob"), room("r1"), Transport::WebSocket)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(manager.occupants(&room("r1")), vec!["Alice", "Bob"]);
         assert_eq!(
@@ -455,7 +542,7 @@ mod tests {
         assert_eq!(manager.occupants(&room("r2")), vec!["Alice"]);
         // A replacing login keeps the room and closes the old connection.
         let a2 = manager
-            .connect(id("a"), name("Alice"), room("r1"))
+            .connect(id("a"), name("Alice"), room("r1"), Transport::WebSocket)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a2.room, room("r2"));
         assert!(!a2.entered_game);
@@ -477,14 +564,14 @@ mod tests {
     fn full_queue_closes_only_that_connection() {
         let manager = ConnectionManager::new(2);
         let slow = manager
-            .connect(id("s"), name("Slow"), room("r"))
+            .connect(id("s"), name("Slow"), room("r"), Transport::WebSocket)
             .unwrap_or_else(|e| panic!("{e}"));
         let mut fast = manager
-            .connect(id("f"), name("Fast"), room("r"))
+            .connect(id("f"), name("Fast"), room("r"), Transport::WebSocket)
             .unwrap_or_else(|e| panic!("{e}"));
         for i in 0..3 {
             let frame = Frame::from(format!("{{\"n\":{i}}}"));
-            manager.deliver_room("r", None, &frame);
+            manager.deliver_room("r", None, &frame, Instant::now());
             assert!(fast.outbound.try_recv().is_ok());
         }
         assert_eq!(slow.handle.kick.reason(), CloseReason::SLOW_CONSUMER);
@@ -495,15 +582,21 @@ mod tests {
     fn actor_is_skipped() {
         let manager = ConnectionManager::new(4);
         let mut a = manager
-            .connect(id("a"), name("Alice"), room("r"))
+            .connect(id("a"), name("Alice"), room("r"), Transport::WebSocket)
             .unwrap_or_else(|e| panic!("{e}"));
         let mut b = manager
-            .connect(id("b"), name("Bob"), room("r"))
+            .connect(id("b"), name("Bob"), room("r"), Transport::WebSocket)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(manager.deliver_room("r", Some("a"), &Frame::from("{}")), 1);
+        assert_eq!(
+            manager.deliver_room("r", Some("a"), &Frame::from("{}"), Instant::now()),
+            1
+        );
         assert!(a.outbound.try_recv().is_err());
         assert!(b.outbound.try_recv().is_ok());
-        assert_eq!(manager.deliver_all(Some("b"), &Frame::from("{}")), 1);
+        assert_eq!(
+            manager.deliver_all(Some("b"), &Frame::from("{}"), Instant::now()),
+            1
+        );
         assert!(a.outbound.try_recv().is_ok());
     }
 }

@@ -2,12 +2,13 @@
 //! publishes it. Never hangs: when NATS is away a publish fails at once, and a publish that
 //! NATS does not take within the configured time fails too; both are logged and counted.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use natsmud_protocol::{Envelope, Subject, SubjectPrefix};
 use serde::Serialize;
+
+use crate::telemetry;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
@@ -19,18 +20,11 @@ pub enum PublishError {
     Refused(String),
 }
 
-#[derive(Debug, Default)]
-pub struct PublishCounters {
-    pub published: AtomicU64,
-    pub failed: AtomicU64,
-}
-
 #[derive(Debug)]
 pub struct EventPublisher {
     client: async_nats::Client,
     prefix: SubjectPrefix,
     timeout: Duration,
-    pub counters: PublishCounters,
 }
 
 impl EventPublisher {
@@ -39,7 +33,6 @@ impl EventPublisher {
             client,
             prefix,
             timeout,
-            counters: PublishCounters::default(),
         }
     }
 
@@ -56,13 +49,19 @@ impl EventPublisher {
         subject: Subject<'_>,
         envelope: &Envelope<D>,
     ) -> Result<(), PublishError> {
+        let started = Instant::now();
         let result = self.try_publish(subject, envelope).await;
+        let event_type = envelope.event_type.as_str();
         match &result {
             Ok(()) => {
-                self.counters.published.fetch_add(1, Ordering::Relaxed);
+                metrics::histogram!(telemetry::PUBLISH_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!(telemetry::EVENTS_PUBLISHED, "event_type" => event_type)
+                    .increment(1);
             }
             Err(error) => {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(telemetry::EVENTS_PUBLISH_FAILED, "event_type" => event_type)
+                    .increment(1);
                 tracing::warn!(%subject, event_type = envelope.event_type.as_str(), %error, "publish failed");
             }
         }

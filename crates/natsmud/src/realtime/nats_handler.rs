@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -25,37 +25,28 @@ use natsmud_protocol::{PlayerId, Subject, SubjectPrefix};
 use tokio_util::sync::CancellationToken;
 
 use super::connection_manager::{ConnectionManager, Frame};
+use crate::telemetry;
 use crate::world::World;
-
-#[derive(Debug, Default)]
-pub struct HandlerCounters {
-    pub received: AtomicU64,
-    pub delivered: AtomicU64,
-    pub malformed: AtomicU64,
-}
 
 pub struct NatsMessageHandler {
     prefix: SubjectPrefix,
     manager: Arc<ConnectionManager>,
     world: Arc<World>,
-    counters: Arc<HandlerCounters>,
     /// Last number given out per stream; key: room id for room events, else the subject.
     sequences: HashMap<String, u64>,
+    /// The newest tick delivered. Tick numbers come from the wall clock, so when more than
+    /// one node publishes ticks each number is delivered once.
+    last_tick: u64,
 }
 
 impl NatsMessageHandler {
-    pub fn new(
-        prefix: SubjectPrefix,
-        manager: Arc<ConnectionManager>,
-        world: Arc<World>,
-        counters: Arc<HandlerCounters>,
-    ) -> Self {
+    pub fn new(prefix: SubjectPrefix, manager: Arc<ConnectionManager>, world: Arc<World>) -> Self {
         Self {
             prefix,
             manager,
             world,
-            counters,
             sequences: HashMap::new(),
+            last_tick: 0,
         }
     }
 
@@ -98,11 +89,11 @@ impl NatsMessageHandler {
         let Some(parsed) = Subject::parse(&self.prefix, subject) else {
             return;
         };
-        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(telemetry::EVENTS_RECEIVED).increment(1);
         let view: EnvelopeView<'_> = match serde_json::from_slice(&payload) {
             Ok(view) => view,
             Err(error) => {
-                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(telemetry::EVENTS_MALFORMED).increment(1);
                 tracing::warn!(%subject, %error, "dropping a malformed event from NATS");
                 return;
             }
@@ -110,33 +101,40 @@ impl NatsMessageHandler {
         let frame = match self.numbered_frame(parsed, &view, &payload, position) {
             Some(frame) => frame,
             None => {
-                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(telemetry::EVENTS_MALFORMED).increment(1);
                 tracing::warn!(%subject, "dropping an event that is not a JSON object");
                 return;
             }
         };
+        if let (Subject::GameTick, Some(tick)) = (parsed, view.sequence_number) {
+            if tick <= self.last_tick {
+                return;
+            }
+            self.last_tick = tick;
+        }
         let actor = view.player_id.as_deref();
+        let since = Instant::now();
         let delivered = match parsed {
             Subject::PlayerEntered(room)
             | Subject::PlayerLeft(room)
             | Subject::Say(room)
             | Subject::Emote(room)
-            | Subject::Pose(room) => self.manager.deliver_room(room, actor, &frame),
-            Subject::Local(sub_zone) => {
-                self.manager
-                    .deliver_rooms(self.world.rooms_in_sub_zone(sub_zone), actor, &frame)
-            }
+            | Subject::Pose(room) => self.manager.deliver_room(room, actor, &frame, since),
+            Subject::Local(sub_zone) => self.manager.deliver_rooms(
+                self.world.rooms_in_sub_zone(sub_zone),
+                actor,
+                &frame,
+                since,
+            ),
             Subject::GameTick | Subject::Global | Subject::System => {
-                self.manager.deliver_all(actor, &frame)
+                self.manager.deliver_all(actor, &frame, since)
             }
             Subject::Whisper(target) => {
                 let sender = actor.and_then(|a| PlayerId::parse(a).ok());
-                self.manager.deliver_whisper(target, sender, &frame)
+                self.manager.deliver_whisper(target, sender, &frame, since)
             }
         };
-        self.counters
-            .delivered
-            .fetch_add(delivered as u64, Ordering::Relaxed);
+        metrics::counter!(telemetry::EVENTS_DELIVERED).increment(delivered as u64);
     }
 
     fn numbered_frame(

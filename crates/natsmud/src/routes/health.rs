@@ -26,3 +26,24 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
         })),
     )
 }
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(app): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    metrics::gauge!(crate::telemetry::NATS_CONNECTED).set(if app.publisher.is_connected() {
+        1.0
+    } else {
+        0.0
+    });
+    let body = crate::telemetry::metrics_handle()
+        .map(|handle| handle.render())
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

@@ -1,7 +1,11 @@
 //! HTTP routes: small handlers over the shared [`AppState`](crate::startup::AppState).
 
 pub mod auth;
+pub mod command;
 pub mod health;
+pub mod session;
+pub mod sse;
+pub mod web;
 pub mod ws;
 
 use axum::Router;
@@ -14,7 +18,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/register", post(auth::register))
         .route("/api/auth/login", post(auth::login))
         .route("/api/ws", get(ws::upgrade))
+        .route("/api/events", get(sse::events))
+        .route("/api/command", post(command::submit))
+        .route("/metrics", get(health::metrics))
         .route("/health", get(health::health))
+        .route("/", get(web::index))
+        .route("/static/{*path}", get(web::asset))
         .fallback(not_found)
         .with_state(state)
 }

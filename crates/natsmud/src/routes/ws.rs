@@ -1,9 +1,9 @@
 //! `GET /api/ws?token=…`: one player's WebSocket.
 //!
-//! Two tasks per connection: this one reads and runs the player's commands in order; a
-//! writer task owns the socket's sending half and drains the connection's bounded queue.
-//! Whatever ends the connection (the peer, a kick, shutdown), the player is removed from
-//! the ConnectionManager and `player_left_game` is published.
+//! Two tasks per connection: this one reads and runs the player's commands in order (with
+//! any submitted by `POST /api/command`); a writer task owns the socket's sending half and
+//! drains the connection's bounded queue. Whatever ends the connection (the peer, a kick,
+//! shutdown), [`session::detach`] removes the player and publishes `player_left_game`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,17 +17,17 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use natsmud_protocol::envelope::Empty;
-use natsmud_protocol::{ClientMessage, Envelope, EventType, parse_client_message};
+use natsmud_protocol::{ClientMessage, parse_client_message};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::session::{self, Attached};
 use crate::db::Account;
 use crate::error::ApiError;
-use crate::game::{Flow, Session};
-use crate::realtime::Frame;
-use crate::realtime::connection_manager::{CloseReason, Kick};
+use crate::game::Session;
+use crate::realtime::connection_manager::{CloseReason, ConnectionHandle, Kick, Queued, Transport};
 use crate::startup::AppState;
+use crate::telemetry;
 
 /// Bound on how long a closing connection may spend writing its last frames.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,33 +74,25 @@ pub async fn authenticate(app: &AppState, token: Option<&str>) -> Result<Account
 }
 
 async fn run_connection(app: AppState, mut socket: WebSocket, account: Account) {
-    let room = account
-        .room_id
-        .as_ref()
-        .and_then(|r| app.world.room(r.as_str()))
-        .unwrap_or_else(|| app.world.start())
-        .id
-        .clone();
-    let connected = match app
-        .manager
-        .connect(account.id.clone(), account.name.clone(), room)
-    {
-        Ok(connected) => connected,
+    let attached = match session::attach(&app, &account, Transport::WebSocket).await {
+        Ok(attached) => attached,
         Err(_) => {
-            let reason = CloseReason::SHUTDOWN;
-            let _ = socket.send(close_message(reason)).await;
+            let _ = socket.send(close_message(CloseReason::SHUTDOWN)).await;
             return;
         }
     };
-    let conn = connected.handle;
-    tracing::info!(entered_game = connected.entered_game, "connected");
+    let Attached {
+        conn,
+        outbound,
+        mut commands,
+    } = attached;
     let (sink, stream) = socket.split();
     let last_seen = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let writer = tokio::spawn(
         write_loop(
             sink,
-            connected.outbound,
+            outbound,
             conn.kick.clone(),
             app.config.ws_ping_interval(),
             last_seen.clone(),
@@ -109,20 +101,7 @@ async fn run_connection(app: AppState, mut socket: WebSocket, account: Account) 
         .in_current_span(),
     );
 
-    let session = Session {
-        app: &app,
-        conn: &conn,
-    };
-    let Some(room) = app.world.room(connected.room.as_str()) else {
-        conn.kick.close(CloseReason::NORMAL);
-        return;
-    };
-    session.send_game_state(room);
-    if connected.entered_game {
-        session.announce_presence(&room.id, true).await;
-    }
-
-    read_loop(&session, stream, &last_seen, started).await;
+    read_loop(&app, &conn, stream, &mut commands, &last_seen, started).await;
 
     conn.kick.close(CloseReason::NORMAL);
     if tokio::time::timeout(CLOSE_WRITE_TIMEOUT * 2, writer)
@@ -131,24 +110,29 @@ async fn run_connection(app: AppState, mut socket: WebSocket, account: Account) 
     {
         tracing::warn!("writer did not finish in time");
     }
-    if let Some(room) = app.manager.disconnect(&conn.player_id, conn.connection) {
-        session.announce_presence(&room, false).await;
-    }
-    tracing::info!(reason = conn.kick.reason().reason, "disconnected");
+    session::detach(&app, &conn).await;
 }
 
 async fn read_loop(
-    session: &Session<'_>,
+    app: &AppState,
+    conn: &ConnectionHandle,
     mut stream: SplitStream<WebSocket>,
+    commands: &mut mpsc::Receiver<ClientMessage>,
     last_seen: &AtomicU64,
     started: Instant,
 ) {
-    let kick = &session.conn.kick;
-    let max_frame = session.app.config.max_frame_bytes as usize;
+    let kick = &conn.kick;
+    let max_frame = app.config.max_frame_bytes as usize;
     loop {
         let message = tokio::select! {
             biased;
             _ = kick.closed() => return,
+            submitted = commands.recv() => {
+                if let Some(message) = submitted {
+                    session::handle(app, conn, message).await;
+                }
+                continue;
+            }
             message = stream.next() => message,
         };
         let message = match message {
@@ -167,18 +151,8 @@ async fn read_loop(
                     return;
                 }
                 match parse_client_message(text.as_str()) {
-                    Ok(ClientMessage::Ping) => {
-                        session
-                            .conn
-                            .send_direct(Envelope::new(EventType::Pong, Empty {}));
-                    }
-                    Ok(ClientMessage::Command(command)) => {
-                        if session.run(command).await == Flow::Quit {
-                            kick.close(CloseReason::NORMAL);
-                            return;
-                        }
-                    }
-                    Err(error) => session.send_error(&error),
+                    Ok(message) => session::handle(app, conn, message).await,
+                    Err(error) => Session { app, conn }.send_error(&error),
                 }
             }
             Message::Binary(_) => {
@@ -215,7 +189,7 @@ fn close_message(reason: CloseReason) -> Message {
 
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut outbound: mpsc::Receiver<Frame>,
+    mut outbound: mpsc::Receiver<Queued>,
     kick: Arc<Kick>,
     ping_every: Duration,
     last_seen: Arc<AtomicU64>,
@@ -228,8 +202,8 @@ async fn write_loop(
         tokio::select! {
             biased;
             _ = kick.closed() => break,
-            frame = outbound.recv() => {
-                let Some(frame) = frame else { break };
+            queued = outbound.recv() => {
+                let Some(Queued { frame, since }) = queued else { break };
                 // A peer that stops reading blocks this send; a kick must still end it.
                 let sent = tokio::select! {
                     biased;
@@ -240,6 +214,7 @@ async fn write_loop(
                     kick.close(CloseReason::NORMAL);
                     return;
                 }
+                metrics::histogram!(telemetry::DELIVERY_SECONDS).record(since.elapsed().as_secs_f64());
             }
             _ = ping.tick() => {
                 let idle_ms = (started.elapsed().as_millis() as u64)
@@ -258,8 +233,8 @@ async fn write_loop(
     let reason = kick.reason();
     let farewell = async {
         if reason.drain {
-            while let Ok(frame) = outbound.try_recv() {
-                sink.feed(Message::Text(frame)).await?;
+            while let Ok(queued) = outbound.try_recv() {
+                sink.feed(Message::Text(queued.frame)).await?;
             }
         }
         sink.send(close_message(reason)).await?;

@@ -137,6 +137,8 @@ impl TestApp {
         let data_dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_data_dir(&nats.url, data_dir.path().to_path_buf());
         config.jwt_secret = Some("test-secret-not-for-production".to_owned());
+        // Ticks would interleave with the frames tests expect; tick tests turn them on.
+        config.tick_interval_ms = 0;
         adjust(&mut config);
         let mut app = Self {
             addr: "127.0.0.1:0".parse().unwrap(),

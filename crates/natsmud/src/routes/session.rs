@@ -1,0 +1,79 @@
+//! A connection's life, the same for both transports: attach (register with the
+//! ConnectionManager, send `game_state`, announce `player_entered_game`), run client
+//! messages in order, detach (remove, announce `player_left_game`).
+
+use natsmud_protocol::ClientMessage;
+use tokio::sync::mpsc;
+
+use crate::db::Account;
+use crate::game::{Flow, Session};
+use crate::realtime::connection_manager::{
+    CloseReason, ConnectionHandle, ManagerError, Queued, Transport,
+};
+use crate::startup::AppState;
+use crate::telemetry;
+
+pub struct Attached {
+    pub conn: ConnectionHandle,
+    pub outbound: mpsc::Receiver<Queued>,
+    pub commands: mpsc::Receiver<ClientMessage>,
+}
+
+pub async fn attach(
+    app: &AppState,
+    account: &Account,
+    transport: Transport,
+) -> Result<Attached, ManagerError> {
+    let wanted = account
+        .room_id
+        .as_ref()
+        .and_then(|r| app.world.room(r.as_str()))
+        .unwrap_or_else(|| app.world.start())
+        .id
+        .clone();
+    let connected =
+        app.manager
+            .connect(account.id.clone(), account.name.clone(), wanted, transport)?;
+    metrics::gauge!(telemetry::CONNECTIONS, "transport" => transport.as_str()).increment(1.0);
+    tracing::info!(
+        entered_game = connected.entered_game,
+        transport = transport.as_str(),
+        "connected"
+    );
+    let attached = Attached {
+        conn: connected.handle,
+        outbound: connected.outbound,
+        commands: connected.commands,
+    };
+    let session = Session {
+        app,
+        conn: &attached.conn,
+    };
+    // The manager only ever holds rooms of this world (it was given one just above).
+    let room = app
+        .world
+        .room(connected.room.as_str())
+        .unwrap_or_else(|| app.world.start());
+    session.send_game_state(room);
+    if connected.entered_game {
+        session.announce_presence(&room.id, true).await;
+    }
+    Ok(attached)
+}
+
+/// Runs one client message; closes the connection when the player quits.
+pub async fn handle(app: &AppState, conn: &ConnectionHandle, message: ClientMessage) {
+    let session = Session { app, conn };
+    if session.handle_message(message).await == Flow::Quit {
+        conn.kick.close(CloseReason::NORMAL);
+    }
+}
+
+pub async fn detach(app: &AppState, conn: &ConnectionHandle) {
+    conn.kick.close(CloseReason::NORMAL);
+    metrics::gauge!(telemetry::CONNECTIONS, "transport" => conn.transport.as_str()).decrement(1.0);
+    if let Some(room) = app.manager.disconnect(&conn.player_id, conn.connection) {
+        Session { app, conn }.announce_presence(&room, false).await;
+    }
+    tracing::info!(reason = conn.kick.reason().reason, "disconnected");
+}

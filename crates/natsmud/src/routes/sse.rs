@@ -1,0 +1,138 @@
+//! `GET /api/events?token=…`: the same envelopes as the WebSocket, as Server-Sent Events;
+//! the player's commands come in by `POST /api/command` and their replies arrive here.
+//!
+//! Each event is `id: <sequence_number>` + `data: <envelope>`. When the server closes the
+//! stream it first sends `event: close` with `{"code","reason"}` (the WebSocket close code
+//! it would have used), since SSE has no close frame.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use natsmud_protocol::envelope::leading_sequence;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::session::{self, Attached};
+use super::ws::authenticate;
+use crate::error::ApiError;
+use crate::realtime::connection_manager::{Kick, Queued, Transport};
+use crate::startup::AppState;
+use crate::telemetry;
+
+const KEEP_ALIVE: Duration = Duration::from_secs(20);
+
+pub async fn events(
+    State(app): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let account = match authenticate(&app, query.get("token").map(String::as_str)).await {
+        Ok(account) => account,
+        Err(error) => return error.into_response(),
+    };
+    let span = tracing::info_span!("connection", player = %account.name);
+    let Attached {
+        conn,
+        outbound,
+        mut commands,
+    } = match session::attach(&app, &account, Transport::Sse)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(attached) => attached,
+        Err(_) => return ApiError::ShuttingDown.into_response(),
+    };
+    let kick = conn.kick.clone();
+    // The connection's command loop: runs submitted messages in order until the stream
+    // ends (the client went away, or the server closed it), then detaches the player.
+    tokio::spawn(
+        async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = conn.kick.closed() => break,
+                    message = commands.recv() => match message {
+                        Some(message) => session::handle(&app, &conn, message).await,
+                        None => break,
+                    },
+                }
+            }
+            session::detach(&app, &conn).await;
+        }
+        .instrument(span),
+    );
+    Sse::new(event_stream(outbound, kick))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
+}
+
+/// Closes the connection when the response body is dropped, i.e. when the client is gone.
+struct CloseOnDrop(Arc<Kick>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(crate::realtime::CloseReason::NORMAL);
+    }
+}
+
+enum StreamState {
+    Open,
+    Closing,
+    Done,
+}
+
+fn event_stream(
+    outbound: mpsc::Receiver<Queued>,
+    kick: Arc<Kick>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let guard = CloseOnDrop(kick);
+    futures::stream::unfold(
+        (outbound, guard, StreamState::Open),
+        |(mut outbound, guard, state)| async move {
+            let kick = guard.0.clone();
+            match state {
+                StreamState::Done => None,
+                StreamState::Closing => {
+                    let reason = kick.reason();
+                    if reason.drain
+                        && let Ok(queued) = outbound.try_recv()
+                    {
+                        return Some((
+                            Ok(frame_event(queued)),
+                            (outbound, guard, StreamState::Closing),
+                        ));
+                    }
+                    let body = serde_json::json!({"code": reason.code, "reason": reason.reason});
+                    let event = Event::default().event("close").data(body.to_string());
+                    Some((Ok(event), (outbound, guard, StreamState::Done)))
+                }
+                StreamState::Open => {
+                    tokio::select! {
+                        biased;
+                        _ = kick.closed() => {
+                            let event = Event::default().comment("closing");
+                            Some((Ok(event), (outbound, guard, StreamState::Closing)))
+                        }
+                        queued = outbound.recv() => queued.map(|queued| {
+                            (Ok(frame_event(queued)), (outbound, guard, StreamState::Open))
+                        }),
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn frame_event(queued: Queued) -> Event {
+    metrics::histogram!(telemetry::DELIVERY_SECONDS).record(queued.since.elapsed().as_secs_f64());
+    let event = Event::default().data(queued.frame.as_str());
+    match leading_sequence(queued.frame.as_bytes()) {
+        Some(sequence) => event.id(sequence.to_string()),
+        None => event,
+    }
+}

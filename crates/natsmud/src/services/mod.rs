@@ -1,0 +1,3 @@
+//! Background services that live as long as the application.
+
+pub mod game_tick;

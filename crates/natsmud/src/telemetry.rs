@@ -1,0 +1,117 @@
+//! Logs (tracing) and metrics (Prometheus text at `GET /metrics`).
+//!
+//! Metric names, all prefixed `natsmud_`:
+//! - `connections{transport}` (gauge): open WebSocket and SSE connections.
+//! - `events_published_total{event_type}`, `events_publish_failed_total{event_type}`.
+//! - `publish_seconds` (histogram): handing one event to NATS.
+//! - `events_received_total`: events read from NATS; `events_malformed_total`: dropped ones.
+//! - `events_delivered_total`: frames queued for sockets (one per recipient).
+//! - `delivery_seconds` (histogram): NATS → socket, from the event's arrival at this node to
+//!   its frame being written to one recipient's socket.
+//! - `slow_consumer_disconnects_total`, `ticks_total`, `ticks_failed_total`.
+//! - `nats_connected` (gauge, 0/1), `nats_reconnects_total`, `nats_slow_consumer_total`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const CONNECTIONS: &str = "natsmud_connections";
+pub const EVENTS_PUBLISHED: &str = "natsmud_events_published_total";
+pub const EVENTS_PUBLISH_FAILED: &str = "natsmud_events_publish_failed_total";
+pub const PUBLISH_SECONDS: &str = "natsmud_publish_seconds";
+pub const EVENTS_RECEIVED: &str = "natsmud_events_received_total";
+pub const EVENTS_MALFORMED: &str = "natsmud_events_malformed_total";
+pub const EVENTS_DELIVERED: &str = "natsmud_events_delivered_total";
+pub const DELIVERY_SECONDS: &str = "natsmud_delivery_seconds";
+pub const SLOW_CONSUMERS: &str = "natsmud_slow_consumer_disconnects_total";
+pub const TICKS: &str = "natsmud_ticks_total";
+pub const TICKS_FAILED: &str = "natsmud_ticks_failed_total";
+pub const NATS_CONNECTED: &str = "natsmud_nats_connected";
+pub const NATS_RECONNECTS: &str = "natsmud_nats_reconnects_total";
+pub const NATS_SLOW_CONSUMER: &str = "natsmud_nats_slow_consumer_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder once (several servers in one test process share it)
+/// and returns its handle.
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(CONNECTIONS, "Open player connections by transport");
+    describe_counter!(EVENTS_PUBLISHED, "Events published to NATS, by event type");
+    describe_counter!(
+        EVENTS_PUBLISH_FAILED,
+        "Events that could not be published, by event type"
+    );
+    describe_histogram!(
+        PUBLISH_SECONDS,
+        Unit::Seconds,
+        "Time to hand one event to NATS"
+    );
+    describe_counter!(EVENTS_RECEIVED, "Events received from NATS");
+    describe_counter!(EVENTS_MALFORMED, "Events from NATS dropped as malformed");
+    describe_counter!(EVENTS_DELIVERED, "Frames queued for player sockets");
+    describe_histogram!(
+        DELIVERY_SECONDS,
+        Unit::Seconds,
+        "From an event's arrival from NATS to its write to a socket"
+    );
+    describe_counter!(
+        SLOW_CONSUMERS,
+        "Connections closed because their queue was full"
+    );
+    describe_counter!(TICKS, "Game ticks published");
+    describe_counter!(TICKS_FAILED, "Game ticks that could not be published");
+    describe_gauge!(NATS_CONNECTED, "1 while connected to NATS");
+    describe_counter!(NATS_RECONNECTS, "Reconnections to NATS after a disconnect");
+    describe_counter!(
+        NATS_SLOW_CONSUMER,
+        "Times NATS reported this node too slow for its subscription"
+    );
+}
+
+/// Histograms keep raw samples until folded; fold them regularly even when nobody scrapes,
+/// so memory stays flat.
+pub async fn run_upkeep(handle: PrometheusHandle, stop: tokio_util::sync::CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+/// Initialises logging for the binary: human-readable, or JSON lines.
+pub fn init_logging(filter: &str, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
+    if json {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
+}

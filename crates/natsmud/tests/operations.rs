@@ -1,0 +1,221 @@
+//! Running natsmud: the binary's configuration, graceful shutdown on SIGTERM, health and
+//! metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{NatsServer, TestApp};
+use futures::StreamExt;
+use natsmud_protocol::EventType;
+
+#[tokio::test]
+async fn sigterm_drains_players_tells_the_world_and_exits_zero() {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natsmud"))
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "--nats-url",
+            &nats.url,
+            "--tick-interval-ms",
+            "0",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("NATSMUD_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The address is in the "natsmud serving" log line.
+    let stdout = child.stdout.take().unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("address=").nth(1) {
+                let _ = addr_tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the server logs its address");
+
+    let http = reqwest::Client::new();
+    let mut players = Vec::new();
+    for name in ["Alice", "Bob"] {
+        let account: common::Account = http
+            .post(format!("http://{addr}/api/auth/register"))
+            .json(&serde_json::json!({"username": name, "password": "correct horse"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let url = format!("ws://{addr}/api/ws?token={}", account.access_token);
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut player = common::Player {
+            name: name.to_owned(),
+            id: account.player_id,
+            room: String::new(),
+            socket,
+        };
+        player.expect(EventType::GameState).await;
+        players.push(player);
+    }
+    players[0].expect(EventType::PlayerEnteredGame).await;
+
+    let observer = async_nats::connect(&nats.url).await.unwrap();
+    let mut left = observer.subscribe("events.player_left.>").await.unwrap();
+    observer.flush().await.unwrap();
+
+    let signalled = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for player in &mut players {
+        let (code, reason) = player.expect_close().await.expect("a close frame");
+        assert_eq!(code, 1001, "{reason}");
+    }
+    let mut announced = Vec::new();
+    for _ in 0..2 {
+        let message = tokio::time::timeout(common::WAIT, left.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let frame: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(frame["event_type"], "player_left_game");
+        announced.push(frame["data"]["player_name"].as_str().unwrap().to_owned());
+    }
+    announced.sort();
+    assert_eq!(announced, ["Alice", "Bob"]);
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "natsmud did not exit in time"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit:?}");
+}
+
+#[test]
+fn invalid_configuration_fails_at_startup_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("natsmud.toml");
+    std::fs::write(&file, "tick_interval_ms = 5\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_natsmud"))
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("tick_interval_ms") && stderr.contains("too short"),
+        "{stderr}"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_natsmud"))
+        .args(["--subject-prefix", "bad prefix!"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("subject-prefix"));
+
+    let world = dir.path().join("world");
+    std::fs::create_dir_all(world.join("zones")).unwrap();
+    std::fs::write(
+        world.join("world.json"),
+        r#"{"name":"W","start_room":"r1"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        world.join("zones/z.json"),
+        r#"{"id":"z","name":"Z","sub_zones":[{"id":"s","name":"S"}],"rooms":[{"id":"r1","name":"R","description":"d","sub_zone":"s","exits":{"north":"r404"}}]}"#,
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_natsmud"))
+        .arg("--world")
+        .arg(&world)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--bind", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("z.json") && stderr.contains("room r1") && stderr.contains("r404"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_documents_every_option() {
+    let output = Command::new(env!("CARGO_BIN_EXE_natsmud"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    for option in [
+        "--bind",
+        "--nats-url",
+        "--nats-creds",
+        "--subject-prefix",
+        "--tick-interval-ms",
+        "--data-dir",
+        "--database-url",
+        "--jwt-secret",
+        "--world",
+        "--outbound-queue",
+        "--max-frame-bytes",
+        "--log",
+        "--log-json",
+        "--config",
+    ] {
+        assert!(help.contains(option), "--help lacks {option}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_connections_events_and_latency() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.join("Alice").await;
+    let mut bob = app.join("Bob").await;
+    alice.expect(EventType::PlayerEnteredGame).await;
+    alice.ask("say counted").await;
+    bob.expect(EventType::ChatMessage).await;
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "natsmud_connections{transport=\"websocket\"}",
+        "natsmud_events_published_total{event_type=\"chat_message\"}",
+        "natsmud_publish_seconds_bucket",
+        "natsmud_delivery_seconds_bucket",
+        "natsmud_events_received_total",
+        "natsmud_events_delivered_total",
+        "natsmud_nats_connected 1",
+    ] {
+        assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
+    }
+    let (status, health) = app.get("/health").await;
+    assert_eq!(status, 200);
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    assert!(health["uptime_secs"].is_u64());
+}
