@@ -18,6 +18,7 @@ pub enum ErrorCode {
     MessageTooLong,
     EventBusUnavailable,
     UnsupportedFrame,
+    RateLimited,
     Internal,
 }
 
@@ -36,6 +37,7 @@ impl ErrorCode {
             Self::MessageTooLong => "message_too_long",
             Self::EventBusUnavailable => "event_bus_unavailable",
             Self::UnsupportedFrame => "unsupported_frame",
+            Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
         }
     }

@@ -31,41 +31,41 @@ pub enum AuthError {
 /// of logins queues up instead of stalling the game.
 #[derive(Clone)]
 pub struct Passwords {
+    argon2: Argon2<'static>,
     permits: Arc<Semaphore>,
     /// Verified against when a username does not exist, so that a login for an unknown
     /// name takes as long as one with a wrong password.
     dummy_hash: Arc<str>,
 }
 
-fn argon2() -> Argon2<'static> {
-    // argon2id v19, m = 19 MiB, t = 2, p = 1: OWASP's recommended minimum.
-    Argon2::default()
-}
-
-fn hash_blocking(password: &str) -> Result<String, AuthError> {
+fn hash_blocking(argon2: &Argon2<'_>, password: &str) -> Result<String, AuthError> {
     let salt = SaltString::generate(&mut OsRng);
-    argon2()
+    argon2
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| AuthError::Hashing(e.to_string()))
 }
 
-fn verify_blocking(password: &str, hash: &str) -> bool {
+/// Verifies with the parameters stored in the hash itself, so changing the configured cost
+/// never locks anyone out.
+fn verify_blocking(argon2: &Argon2<'_>, password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|parsed| {
-            argon2()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
+        .map(|parsed| argon2.verify_password(password.as_bytes(), &parsed).is_ok())
         .unwrap_or(false)
 }
 
 impl Passwords {
-    pub fn new(concurrency: usize) -> Result<Self, AuthError> {
+    /// argon2id v19 with `memory_kib` and `iterations`, one lane. The defaults (19 MiB, 2)
+    /// are OWASP's recommended minimum.
+    pub fn new(concurrency: usize, memory_kib: u32, iterations: u32) -> Result<Self, AuthError> {
+        let params = argon2::Params::new(memory_kib, iterations, 1, None)
+            .map_err(|e| AuthError::Hashing(format!("argon2 parameters: {e}")))?;
+        let argon2 = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut random = [0u8; 16];
         OsRng.fill_bytes(&mut random);
-        let dummy_hash = hash_blocking(&hex(&random))?;
+        let dummy_hash = hash_blocking(&argon2, &hex(&random))?;
         Ok(Self {
+            argon2,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             dummy_hash: dummy_hash.into(),
         })
@@ -77,7 +77,8 @@ impl Passwords {
             .acquire()
             .await
             .map_err(|e| AuthError::Hashing(e.to_string()))?;
-        tokio::task::spawn_blocking(move || hash_blocking(&password))
+        let argon2 = self.argon2.clone();
+        tokio::task::spawn_blocking(move || hash_blocking(&argon2, &password))
             .await
             .map_err(|e| AuthError::Hashing(e.to_string()))?
     }
@@ -89,7 +90,8 @@ impl Passwords {
         };
         let exists = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.to_string());
-        let ok = tokio::task::spawn_blocking(move || verify_blocking(&password, &hash))
+        let argon2 = self.argon2.clone();
+        let ok = tokio::task::spawn_blocking(move || verify_blocking(&argon2, &password, &hash))
             .await
             .unwrap_or(false);
         ok && exists

@@ -114,6 +114,31 @@ pub struct Config {
     #[arg(long, env = "NATSMUD_PUBLISH_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub publish_timeout_ms: u64,
 
+    /// Memory cost of argon2id password hashing, in KiB (default: OWASP's 19 MiB). Lower it
+    /// only for load tests; existing hashes keep the cost they were made with.
+    #[arg(long, env = "NATSMUD_PASSWORD_HASH_MEMORY_KIB", default_value_t = 19 * 1024, value_parser = clap::value_parser!(u32).range(8..=4 * 1024 * 1024))]
+    pub password_hash_memory_kib: u32,
+
+    /// Time cost (iterations) of argon2id password hashing.
+    #[arg(long, env = "NATSMUD_PASSWORD_HASH_ITERATIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub password_hash_iterations: u32,
+
+    /// Most players connected to this node at once; more are refused with 503. 0: no limit.
+    #[arg(long, env = "NATSMUD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: u32,
+
+    /// Commands (and chat) each connection may send per second, on average. 0: no limit.
+    #[arg(long, env = "NATSMUD_COMMANDS_PER_SEC", default_value_t = 10)]
+    pub commands_per_sec: u32,
+
+    /// Commands a connection may send in a quick burst above the average rate.
+    #[arg(long, env = "NATSMUD_COMMAND_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub command_burst: u32,
+
+    /// Login and register attempts per client address per minute. 0: no limit.
+    #[arg(long, env = "NATSMUD_AUTH_PER_MINUTE", default_value_t = 20)]
+    pub auth_per_minute: u32,
+
     /// Password hashes computed at once; more wait their turn off the async workers.
     #[arg(long, env = "NATSMUD_HASHING_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub hashing_concurrency: u32,

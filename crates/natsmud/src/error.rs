@@ -19,6 +19,10 @@ pub enum ApiError {
     UsernameTaken,
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("the server is full; try again later")]
+    ServerFull,
+    #[error("too many attempts; try again in {} s", .0.as_secs().max(1))]
+    RateLimited(std::time::Duration),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -32,6 +36,8 @@ impl ApiError {
             Self::BadToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
             Self::UsernameTaken => (StatusCode::CONFLICT, "username_taken"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Self::ServerFull => (StatusCode::SERVICE_UNAVAILABLE, "server_full"),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -52,7 +58,15 @@ impl IntoResponse for ApiError {
         if let Self::Internal(error) = &self {
             tracing::error!(error = format!("{error:#}"), "request failed");
         }
-        error_body(status, code, &self.to_string())
+        let mut response = error_body(status, code, &self.to_string());
+        if let Self::RateLimited(wait) = &self
+            && let Ok(value) = axum::http::HeaderValue::from_str(&wait.as_secs().max(1).to_string())
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, value);
+        }
+        response
     }
 }
 

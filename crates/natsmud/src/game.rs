@@ -39,23 +39,27 @@ impl Session<'_> {
         &self.conn.name
     }
 
-    pub fn send_error(&self, error: &ProtocolError) {
-        self.conn.send_direct(Envelope::new(
-            EventType::Error,
-            ErrorData {
-                code: error.code.as_str().to_owned(),
-                message: error.message.clone(),
-            },
-        ));
+    pub async fn send_error(&self, error: &ProtocolError) {
+        self.conn
+            .send_direct(Envelope::new(
+                EventType::Error,
+                ErrorData {
+                    code: error.code.as_str().to_owned(),
+                    message: error.message.clone(),
+                },
+            ))
+            .await;
     }
 
-    fn respond(&self, result: impl Into<String>) {
-        self.conn.send_direct(Envelope::new(
-            EventType::CommandResponse,
-            CommandResponseData {
-                result: result.into(),
-            },
-        ));
+    async fn respond(&self, result: impl Into<String>) {
+        self.conn
+            .send_direct(Envelope::new(
+                EventType::CommandResponse,
+                CommandResponseData {
+                    result: result.into(),
+                },
+            ))
+            .await;
     }
 
     fn current_room(&self) -> Result<&Room, ProtocolError> {
@@ -75,24 +79,26 @@ impl Session<'_> {
     }
 
     /// The first frame of a connection.
-    pub fn send_game_state(&self, room: &Room) {
+    pub async fn send_game_state(&self, room: &Room) {
         let occupants = self.app.manager.occupants(&room.id);
-        self.conn.send_direct(
-            Envelope::new(
-                EventType::GameState,
-                GameStateData {
-                    player: PlayerInfo {
-                        id: self.me().clone(),
-                        name: self.my_name().to_string(),
+        self.conn
+            .send_direct(
+                Envelope::new(
+                    EventType::GameState,
+                    GameStateData {
+                        player: PlayerInfo {
+                            id: self.me().clone(),
+                            name: self.my_name().to_string(),
+                        },
+                        room: room.view(),
+                        occupant_count: occupants.len(),
+                        occupants,
                     },
-                    room: room.view(),
-                    occupant_count: occupants.len(),
-                    occupants,
-                },
+                )
+                .in_room(room.id.clone())
+                .by_player(self.me().clone()),
             )
-            .in_room(room.id.clone())
-            .by_player(self.me().clone()),
-        );
+            .await;
     }
 
     /// Tells the room the player arrived in the game (login) or left it (disconnect).
@@ -121,7 +127,8 @@ impl Session<'_> {
         match message {
             ClientMessage::Ping => {
                 self.conn
-                    .send_direct(Envelope::new(EventType::Pong, Empty {}));
+                    .send_direct(Envelope::new(EventType::Pong, Empty {}))
+                    .await;
                 Flow::Continue
             }
             ClientMessage::Command(command) => self.run(command).await,
@@ -132,7 +139,7 @@ impl Session<'_> {
         match self.execute(command).await {
             Ok(flow) => flow,
             Err(error) => {
-                self.send_error(&error);
+                self.send_error(&error).await;
                 Flow::Continue
             }
         }
@@ -142,23 +149,24 @@ impl Session<'_> {
         match command {
             Command::Look => {
                 let room = self.current_room()?;
-                self.respond(describe(room, &self.occupants(&room.id)));
+                self.respond(describe(room, &self.occupants(&room.id)))
+                    .await;
             }
             Command::Go(direction) => self.go(direction).await?,
             Command::Say(text) => {
                 self.room_chat("say", format!("{} says: {text}", self.my_name()))
                     .await?;
-                self.respond(format!("You say: {text}"));
+                self.respond(format!("You say: {text}")).await;
             }
             Command::Emote(text) => {
                 let line = format!("{} {}", self.my_name(), punctuated(&text));
                 self.room_chat("emote", line.clone()).await?;
-                self.respond(line);
+                self.respond(line).await;
             }
             Command::Pose(text) => {
                 let line = format!("{} {}", self.my_name(), text);
                 self.room_chat("pose", line.clone()).await?;
-                self.respond(line);
+                self.respond(line).await;
             }
             Command::Whisper { target, message } => {
                 let (target_id, target_name) = self
@@ -194,7 +202,7 @@ impl Session<'_> {
                     .publish(Subject::local(&room.sub_zone), &envelope)
                     .await
                     .map_err(|e| bus_error(&e))?;
-                self.respond(format!("You say (local): {text}"));
+                self.respond(format!("You say (local): {text}")).await;
             }
             Command::Global(text) => {
                 self.require_event_bus()?;
@@ -207,7 +215,7 @@ impl Session<'_> {
                     .publish(Subject::Global, &envelope)
                     .await
                     .map_err(|e| bus_error(&e))?;
-                self.respond(format!("You say (global): {text}"));
+                self.respond(format!("You say (global): {text}")).await;
             }
             Command::Who => {
                 let names = self.app.manager.who();
@@ -215,11 +223,12 @@ impl Session<'_> {
                     "Players online ({}): {}",
                     names.len(),
                     names.join(", ")
-                ));
+                ))
+                .await;
             }
-            Command::Help => self.respond(HELP_TEXT),
+            Command::Help => self.respond(HELP_TEXT).await,
             Command::Quit => {
-                self.respond("Goodbye. The fog closes behind you.");
+                self.respond("Goodbye. The fog closes behind you.").await;
                 return Ok(Flow::Quit);
             }
         }
@@ -270,21 +279,24 @@ impl Session<'_> {
             .publish(Subject::player_entered(&to.id), &entered)
             .await;
 
-        let occupants = self.occupants(&to.id);
-        self.conn.send_direct(
-            Envelope::new(
-                EventType::RoomUpdate,
-                RoomUpdateData {
-                    room: to.view(),
-                    occupant_count: occupants.len(),
-                    occupants,
-                },
-            )
-            .in_room(to.id.clone()),
-        );
+        // Stored before the mover hears of it, so an answered move survives a crash.
         if let Err(error) = self.app.accounts.set_room(self.me(), &to.id).await {
             tracing::error!(%error, "could not store the player's room");
         }
+        let occupants = self.occupants(&to.id);
+        self.conn
+            .send_direct(
+                Envelope::new(
+                    EventType::RoomUpdate,
+                    RoomUpdateData {
+                        room: to.view(),
+                        occupant_count: occupants.len(),
+                        occupants,
+                    },
+                )
+                .in_room(to.id.clone()),
+            )
+            .await;
         // The move stands (the player is in the new room); say which notices were lost.
         left_result.and(entered_result).map_err(|e| bus_error(&e))
     }
@@ -313,7 +325,7 @@ impl Session<'_> {
         message: &str,
     ) -> Result<(), ProtocolError> {
         if &target_id == self.me() {
-            self.respond("You mutter to yourself.");
+            self.respond("You mutter to yourself.").await;
             return Ok(());
         }
         self.require_event_bus()?;
@@ -328,7 +340,8 @@ impl Session<'_> {
             .publish(Subject::whisper(&target_id), &envelope)
             .await
             .map_err(|e| bus_error(&e))?;
-        self.respond(format!("You whisper to {target_name}: {message}"));
+        self.respond(format!("You whisper to {target_name}: {message}"))
+            .await;
         Ok(())
     }
 

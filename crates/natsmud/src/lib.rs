@@ -26,6 +26,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod game;
+pub mod limits;
 pub mod nats;
 pub mod realtime;
 pub mod routes;

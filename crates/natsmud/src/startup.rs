@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Passwords, Tokens, load_or_create_secret};
 use crate::config::Config;
 use crate::db::Accounts;
+use crate::limits::AuthLimiter;
 use crate::realtime::nats_handler::NatsMessageHandler;
 use crate::realtime::{CloseReason, ConnectionManager, EventPublisher};
 use crate::services::game_tick::GameTickService;
@@ -29,6 +30,7 @@ pub struct AppInner {
     pub tokens: Tokens,
     pub manager: Arc<ConnectionManager>,
     pub publisher: Arc<EventPublisher>,
+    pub auth_limiter: AuthLimiter,
     pub started: Instant,
 }
 
@@ -62,7 +64,12 @@ pub async fn run(
         .with_context(|| format!("cannot open database {}", config.database_url()))?;
     let secret = load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
     let tokens = Tokens::new(&secret, Duration::from_secs(config.token_ttl_secs));
-    let passwords = Passwords::new(config.hashing_concurrency as usize)?;
+    let passwords = Passwords::new(
+        config.hashing_concurrency as usize,
+        config.password_hash_memory_kib,
+        config.password_hash_iterations,
+    )?;
+    let auth_limiter = AuthLimiter::new(config.auth_per_minute);
 
     let client = crate::nats::connect(&config)
         .await
@@ -101,6 +108,7 @@ pub async fn run(
         tokens,
         manager: manager.clone(),
         publisher: publisher.clone(),
+        auth_limiter,
         started: Instant::now(),
     }));
 
@@ -120,8 +128,12 @@ pub async fn run(
     let stop_http = CancellationToken::new();
     let server = {
         let stop_http = stop_http.clone();
-        axum::serve(listener, crate::routes::router(state.clone()))
-            .with_graceful_shutdown(async move { stop_http.cancelled().await })
+        let router = crate::routes::router(state.clone());
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop_http.cancelled().await })
     };
     let server_task = tokio::spawn(async move { server.await });
     shutdown.await;

@@ -28,6 +28,10 @@ pub struct Queued {
     pub since: Instant,
 }
 
+/// How long a reply waits for room in its connection's queue before the connection is
+/// closed as a slow consumer.
+pub const DIRECT_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Commands a connection accepts from outside its own socket (`POST /api/command`) wait
 /// here; more than this and the sender is told to slow down.
 pub const COMMAND_QUEUE: usize = 32;
@@ -86,6 +90,11 @@ impl CloseReason {
     pub const REPLACED: Self = Self {
         code: 4001,
         reason: "logged in from another connection",
+        drain: true,
+    };
+    pub const RATE_LIMITED: Self = Self {
+        code: 1008,
+        reason: "rate limit exceeded",
         drain: true,
     };
     pub const SLOW_CONSUMER: Self = Self {
@@ -199,7 +208,12 @@ pub struct ConnectionHandle {
 
 impl ConnectionHandle {
     /// Sends a direct reply (never through NATS) numbered by this connection's own counter.
-    pub fn send_direct<D: Serialize>(&self, envelope: Envelope<D>) {
+    ///
+    /// Unlike fan-out, this waits for room in the queue: it runs on the connection's own
+    /// command task, so a client that sends commands faster than it reads the replies is
+    /// slowed down rather than cut off. One that stops reading altogether is closed as a
+    /// slow consumer after [`DIRECT_REPLY_WAIT`].
+    pub async fn send_direct<D: Serialize>(&self, envelope: Envelope<D>) {
         let sequence = self.direct_sequence.fetch_add(1, Ordering::Relaxed) + 1;
         let bytes = envelope.with_sequence(sequence).to_bytes();
         let Ok(frame) = Frame::try_from(bytes) else {
@@ -209,8 +223,18 @@ impl ConnectionHandle {
             frame,
             since: Instant::now(),
         };
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(queued) {
-            slow_consumer(&self.kick);
+        let queued = match self.tx.try_send(queued) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(queued)) => queued,
+        };
+        let kick = &self.kick;
+        tokio::select! {
+            biased;
+            sent = self.tx.send(queued) => drop(sent),
+            // A connection closed without draining will never make room.
+            _ = async { kick.closed().await; if kick.reason().drain { std::future::pending::<()>().await } } => {}
+            _ = tokio::time::sleep(DIRECT_REPLY_WAIT) => slow_consumer(kick),
         }
     }
 }

@@ -16,7 +16,10 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long startup waits for a first NATS connection before serving degraded.
+const STARTUP_CONNECT_WAIT: Duration = Duration::from_secs(2);
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -67,6 +70,14 @@ impl NatsMessageHandler {
                 return;
             }
         };
+        // The client connects in the background; give it a moment so that a server whose
+        // NATS is up starts healthy, with its subscription registered before any player.
+        let deadline = tokio::time::Instant::now() + STARTUP_CONNECT_WAIT;
+        while client.connection_state() != async_nats::connection::State::Connected
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         if client.connection_state() == async_nats::connection::State::Connected {
             let _ = client.flush().await;
         }

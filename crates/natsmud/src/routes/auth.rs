@@ -1,8 +1,10 @@
 //! `POST /api/auth/register` and `POST /api/auth/login`.
 
 use axum::Json;
-use axum::extract::State;
+use std::net::SocketAddr;
+
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use natsmud_protocol::{PlayerId, PlayerName};
 use serde::{Deserialize, Serialize};
@@ -53,8 +55,12 @@ fn respond(app: &AppState, id: &PlayerId, name: &PlayerName) -> Result<AuthRespo
 
 pub async fn register(
     State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     payload: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<(StatusCode, Json<AuthResponse>), ApiError> {
+    app.auth_limiter
+        .check(peer.ip())
+        .map_err(ApiError::RateLimited)?;
     let credentials = body(payload)?;
     let name = PlayerName::parse(credentials.username.trim()).map_err(|_| ApiError::Invalid {
         code: "invalid_username",
@@ -88,8 +94,12 @@ pub async fn register(
 
 pub async fn login(
     State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     payload: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<Json<AuthResponse>, ApiError> {
+    app.auth_limiter
+        .check(peer.ip())
+        .map_err(ApiError::RateLimited)?;
     let credentials = body(payload)?;
     if credentials.password.len() > MAX_PASSWORD_BYTES {
         return Err(ApiError::BadCredentials);

@@ -2,11 +2,12 @@
 //! ConnectionManager, send `game_state`, announce `player_entered_game`), run client
 //! messages in order, detach (remove, announce `player_left_game`).
 
-use natsmud_protocol::ClientMessage;
+use natsmud_protocol::{ClientMessage, ErrorCode, ProtocolError};
 use tokio::sync::mpsc;
 
 use crate::db::Account;
 use crate::game::{Flow, Session};
+use crate::limits::{CommandLimiter, Verdict};
 use crate::realtime::connection_manager::{
     CloseReason, ConnectionHandle, ManagerError, Queued, Transport,
 };
@@ -17,6 +18,7 @@ pub struct Attached {
     pub conn: ConnectionHandle,
     pub outbound: mpsc::Receiver<Queued>,
     pub commands: mpsc::Receiver<ClientMessage>,
+    pub limiter: CommandLimiter,
 }
 
 pub async fn attach(
@@ -44,6 +46,7 @@ pub async fn attach(
         conn: connected.handle,
         outbound: connected.outbound,
         commands: connected.commands,
+        limiter: CommandLimiter::new(app.config.commands_per_sec, app.config.command_burst),
     };
     let session = Session {
         app,
@@ -54,18 +57,45 @@ pub async fn attach(
         .world
         .room(connected.room.as_str())
         .unwrap_or_else(|| app.world.start());
-    session.send_game_state(room);
+    session.send_game_state(room).await;
     if connected.entered_game {
         session.announce_presence(&room.id, true).await;
     }
     Ok(attached)
 }
 
-/// Runs one client message; closes the connection when the player quits.
-pub async fn handle(app: &AppState, conn: &ConnectionHandle, message: ClientMessage) {
+/// Runs one client message (or answers why it cannot be read), within the connection's
+/// rate limit; closes the connection when the player quits or keeps flooding.
+pub async fn handle(
+    app: &AppState,
+    conn: &ConnectionHandle,
+    limiter: &mut CommandLimiter,
+    message: Result<ClientMessage, ProtocolError>,
+) {
     let session = Session { app, conn };
-    if session.handle_message(message).await == Flow::Quit {
-        conn.kick.close(CloseReason::NORMAL);
+    match limiter.check() {
+        Verdict::Run => {}
+        Verdict::Refuse => {
+            session
+                .send_error(&ProtocolError::new(
+                    ErrorCode::RateLimited,
+                    "You are sending commands too fast; wait a moment.",
+                ))
+                .await;
+            return;
+        }
+        Verdict::Disconnect => {
+            conn.kick.close(CloseReason::RATE_LIMITED);
+            return;
+        }
+    }
+    match message {
+        Ok(message) => {
+            if session.handle_message(message).await == Flow::Quit {
+                conn.kick.close(CloseReason::NORMAL);
+            }
+        }
+        Err(error) => session.send_error(&error).await,
     }
 }
 

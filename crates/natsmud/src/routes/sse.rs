@@ -40,6 +40,7 @@ pub async fn events(
         conn,
         outbound,
         mut commands,
+        mut limiter,
     } = match session::attach(&app, &account, Transport::Sse)
         .instrument(span.clone())
         .await
@@ -57,7 +58,7 @@ pub async fn events(
                     biased;
                     _ = conn.kick.closed() => break,
                     message = commands.recv() => match message {
-                        Some(message) => session::handle(&app, &conn, message).await,
+                        Some(message) => session::handle(&app, &conn, &mut limiter, Ok(message)).await,
                         None => break,
                     },
                 }

@@ -19,18 +19,20 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use natsmud_protocol::{ClientMessage, parse_client_message};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::session::{self, Attached};
 use crate::db::Account;
 use crate::error::ApiError;
-use crate::game::Session;
+use crate::limits::CommandLimiter;
 use crate::realtime::connection_manager::{CloseReason, ConnectionHandle, Kick, Queued, Transport};
 use crate::startup::AppState;
 use crate::telemetry;
 
-/// Bound on how long a closing connection may spend writing its last frames.
-const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on how long a closing connection may spend writing its last frames: long enough
+/// for a slow reader to get through its backlog to the close frame and learn why.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn upgrade(
     State(app): State<AppState>,
@@ -63,8 +65,13 @@ pub async fn upgrade(
         })
 }
 
-/// Checks the token's signature, expiry and issuer, and that its account still exists.
+/// Checks the token's signature, expiry and issuer, that its account still exists, and
+/// that this node has room for one more connection.
 pub async fn authenticate(app: &AppState, token: Option<&str>) -> Result<Account, ApiError> {
+    let max = app.config.max_connections as usize;
+    if max > 0 && app.manager.connected_count() >= max {
+        return Err(ApiError::ServerFull);
+    }
     let token = token.filter(|t| !t.is_empty()).ok_or(ApiError::BadToken)?;
     let claims = app.tokens.verify(token).map_err(|_| ApiError::BadToken)?;
     app.accounts
@@ -85,42 +92,62 @@ async fn run_connection(app: AppState, mut socket: WebSocket, account: Account) 
         conn,
         outbound,
         mut commands,
+        mut limiter,
     } = attached;
     let (sink, stream) = socket.split();
+    let reader_done = CancellationToken::new();
     let last_seen = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let writer = tokio::spawn(
-        write_loop(
+        write_loop(Writer {
             sink,
             outbound,
-            conn.kick.clone(),
-            app.config.ws_ping_interval(),
-            last_seen.clone(),
+            kick: conn.kick.clone(),
+            reader_done: reader_done.clone(),
+            ping_every: app.config.ws_ping_interval(),
+            last_seen: last_seen.clone(),
             started,
-        )
+        })
         .in_current_span(),
     );
 
-    read_loop(&app, &conn, stream, &mut commands, &last_seen, started).await;
-
-    conn.kick.close(CloseReason::NORMAL);
+    let inputs = Inputs {
+        stream,
+        commands: &mut commands,
+        limiter: &mut limiter,
+    };
+    read_loop(&app, &conn, inputs, &last_seen, started).await;
+    reader_done.cancel();
+    // Out of the room at once: the writer may spend a while on a peer that reads slowly,
+    // and nobody should see a player who is already gone.
+    session::detach(&app, &conn).await;
     if tokio::time::timeout(CLOSE_WRITE_TIMEOUT * 2, writer)
         .await
         .is_err()
     {
         tracing::warn!("writer did not finish in time");
     }
-    session::detach(&app, &conn).await;
+}
+
+/// Where a WebSocket connection's commands come from, and their allowance.
+struct Inputs<'a> {
+    stream: SplitStream<WebSocket>,
+    commands: &'a mut mpsc::Receiver<ClientMessage>,
+    limiter: &'a mut CommandLimiter,
 }
 
 async fn read_loop(
     app: &AppState,
     conn: &ConnectionHandle,
-    mut stream: SplitStream<WebSocket>,
-    commands: &mut mpsc::Receiver<ClientMessage>,
+    inputs: Inputs<'_>,
     last_seen: &AtomicU64,
     started: Instant,
 ) {
+    let Inputs {
+        mut stream,
+        commands,
+        limiter,
+    } = inputs;
     let kick = &conn.kick;
     let max_frame = app.config.max_frame_bytes as usize;
     loop {
@@ -129,7 +156,7 @@ async fn read_loop(
             _ = kick.closed() => return,
             submitted = commands.recv() => {
                 if let Some(message) = submitted {
-                    session::handle(app, conn, message).await;
+                    session::handle(app, conn, limiter, Ok(message)).await;
                 }
                 continue;
             }
@@ -150,10 +177,7 @@ async fn read_loop(
                     kick.close(CloseReason::TOO_BIG);
                     return;
                 }
-                match parse_client_message(text.as_str()) {
-                    Ok(message) => session::handle(app, conn, message).await,
-                    Err(error) => Session { app, conn }.send_error(&error),
-                }
+                session::handle(app, conn, limiter, parse_client_message(text.as_str())).await;
             }
             Message::Binary(_) => {
                 kick.close(CloseReason::UNSUPPORTED);
@@ -187,14 +211,28 @@ fn close_message(reason: CloseReason) -> Message {
     }))
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut outbound: mpsc::Receiver<Queued>,
+/// What the writer task owns.
+struct Writer {
+    sink: SplitSink<WebSocket, Message>,
+    outbound: mpsc::Receiver<Queued>,
     kick: Arc<Kick>,
+    /// Cancelled once the reader has run its last command (and queued its last reply).
+    reader_done: CancellationToken,
     ping_every: Duration,
     last_seen: Arc<AtomicU64>,
     started: Instant,
-) {
+}
+
+async fn write_loop(writer: Writer) {
+    let Writer {
+        mut sink,
+        mut outbound,
+        kick,
+        reader_done,
+        ping_every,
+        last_seen,
+        started,
+    } = writer;
     let mut ping = tokio::time::interval(ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
@@ -233,6 +271,17 @@ async fn write_loop(
     let reason = kick.reason();
     let farewell = async {
         if reason.drain {
+            // Every command the reader accepted is answered before the close frame.
+            loop {
+                tokio::select! {
+                    biased;
+                    queued = outbound.recv() => match queued {
+                        Some(queued) => sink.send(Message::Text(queued.frame)).await?,
+                        None => break,
+                    },
+                    _ = reader_done.cancelled() => break,
+                }
+            }
             while let Ok(queued) = outbound.try_recv() {
                 sink.feed(Message::Text(queued.frame)).await?;
             }

@@ -139,6 +139,12 @@ impl TestApp {
         config.jwt_secret = Some("test-secret-not-for-production".to_owned());
         // Ticks would interleave with the frames tests expect; tick tests turn them on.
         config.tick_interval_ms = 0;
+        // Limits are off unless a test is about them; cheap hashing keeps debug builds fast.
+        config.commands_per_sec = 0;
+        config.auth_per_minute = 0;
+        config.max_connections = 0;
+        config.password_hash_memory_kib = 64;
+        config.password_hash_iterations = 1;
         adjust(&mut config);
         let mut app = Self {
             addr: "127.0.0.1:0".parse().unwrap(),

@@ -1,0 +1,530 @@
+//! Faults and abuse: NATS outages, slow consumers, floods, limits, bad frames and tokens,
+//! crashes. Each test fails if the behaviour regresses.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{NatsServer, TestApp};
+use futures::{SinkExt, StreamExt};
+use natsmud_protocol::EventType;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+async fn wait_for_health(app: &TestApp, status: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while app.get("/health").await.0 != status {
+        assert!(Instant::now() < deadline, "/health never answered {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Says `text` until it is accepted (publishing recovers a moment after NATS returns).
+async fn say_until_heard(speaker: &mut common::Player, listener: &mut common::Player, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = speaker.ask(&format!("say {text}")).await;
+        if reply.event_type == EventType::CommandResponse {
+            break;
+        }
+        assert_eq!(reply.data["code"], "event_bus_unavailable");
+        assert!(Instant::now() < deadline, "publishing never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let heard = listener.expect(EventType::ChatMessage).await;
+    assert_eq!(
+        heard.data["message"],
+        format!("{} says: {text}", speaker.name)
+    );
+}
+
+#[tokio::test]
+async fn a_thirty_second_nats_outage_is_ridden_out() {
+    let mut app = TestApp::spawn().await;
+    let mut alice = app.join("Alice").await;
+    let mut bob = app.join("Bob").await;
+    alice.expect(EventType::PlayerEnteredGame).await;
+
+    let port = app.nats.port;
+    app.nats.stop();
+    wait_for_health(&app, 503, Duration::from_secs(10)).await;
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(30) {
+        // The sockets stay open and commands answer at once with a clear error.
+        let asked = Instant::now();
+        alice.command("say anyone?").await;
+        alice.expect_error("event_bus_unavailable").await;
+        assert!(asked.elapsed() < Duration::from_secs(3));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    assert!(app.get("/metrics").await.0 == 200);
+    app.nats = NatsServer::start_on(Some(port));
+    wait_for_health(&app, 200, Duration::from_secs(15)).await;
+    say_until_heard(&mut alice, &mut bob, "we are back").await;
+}
+
+#[tokio::test]
+async fn a_server_started_without_nats_reports_degraded_and_heals() {
+    // A port with no NATS on it yet.
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let app =
+        TestApp::spawn_with(|config| config.nats_url = format!("nats://127.0.0.1:{port}")).await;
+    let (status, health) = app.get("/health").await;
+    assert_eq!((status, health["status"].as_str()), (503, Some("degraded")));
+    // Players can still log in and look around.
+    let mut alice = app.join("Alice").await;
+    let mut bob = app.join("Bob").await;
+    alice.command("say hello?").await;
+    alice.expect_error("event_bus_unavailable").await;
+
+    let _nats = NatsServer::start_on(Some(port));
+    wait_for_health(&app, 200, Duration::from_secs(15)).await;
+    say_until_heard(&mut alice, &mut bob, "now it works").await;
+}
+
+const BATCH: usize = 500;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_is_cut_off_with_4008_and_the_others_keep_up() {
+    // The queue absorbs bursts (the router hands over up to ~128 events before yielding);
+    // the stalled client overflows it all the same.
+    let app = TestApp::spawn_with(|config| config.outbound_queue = 256).await;
+    let mut alice = app.join("Alice").await;
+    let mut bob = app.join("Bob").await;
+    alice.expect(EventType::PlayerEnteredGame).await;
+
+    // Staller reads nothing, with a tiny receive buffer so the stall shows quickly.
+    let account = app.register("Staller").await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(app.addr).await.unwrap();
+    let url = format!("ws://{}/api/ws?token={}", app.addr, account.access_token);
+    let (mut staller, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    alice.expect(EventType::PlayerEnteredGame).await;
+    bob.expect(EventType::PlayerEnteredGame).await;
+
+    // Alice talks in batches (Bob listening, Alice reading her replies) until the server
+    // drops the staller: its queue fills once the kernel's socket buffers are full.
+    let text = "x".repeat(450);
+    let started = Instant::now();
+    let mut dropped = false;
+    for batch in 0..30 {
+        let listener = tokio::spawn(async move {
+            let mut i = 0;
+            while i < BATCH {
+                let heard = bob.next_frame().await;
+                if heard.event_type == EventType::PlayerLeftGame {
+                    assert_eq!(heard.data["player_name"], "Staller");
+                    continue;
+                }
+                assert_eq!(heard.event_type, EventType::ChatMessage);
+                assert!(
+                    heard
+                        .data_str("message")
+                        .starts_with(&format!("Alice says: {batch}.{i} "))
+                );
+                i += 1;
+            }
+            bob
+        });
+        let (mut alice_out, mut alice_in) = alice.socket.split();
+        let replies = tokio::spawn(async move {
+            let mut answered = 0;
+            while answered < BATCH {
+                match alice_in.next().await {
+                    Some(Ok(Message::Text(_))) => answered += 1,
+                    Some(Ok(_)) => {}
+                    other => panic!("Alice's socket ended: {other:?}"),
+                }
+            }
+            alice_in
+        });
+        for i in 0..BATCH {
+            let message = json!({"type": "game_command", "data": {"command": format!("say {batch}.{i} {text}")}});
+            alice_out
+                .send(Message::text(message.to_string()))
+                .await
+                .unwrap();
+        }
+        let alice_in = replies.await.unwrap();
+        alice.socket = alice_out.reunite(alice_in).unwrap();
+        bob = listener.await.unwrap();
+        let who = bob.ask("who").await;
+        if who.data["result"] == "Players online (2): Alice, Bob" {
+            dropped = true;
+            break;
+        }
+    }
+    assert!(dropped, "the stalled client was never dropped");
+    // Bob heard every one of Alice's lines, and quickly, while the staller sat there.
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the stalled client slowed the others"
+    );
+    // Reading now, the staller finds the reason at the end of its backlog.
+    let close = loop {
+        match tokio::time::timeout(common::WAIT, staller.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(4008));
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("natsmud_slow_consumer_disconnects_total"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn command_floods_are_refused_then_disconnected() {
+    let app = TestApp::spawn_with(|config| {
+        config.commands_per_sec = 2;
+        config.command_burst = 3;
+    })
+    .await;
+    let mut alice = app.join("Alice").await;
+    for i in 0..6 {
+        alice.command(&format!("say {i}")).await;
+    }
+    let mut answered = 0;
+    let mut refused = 0;
+    for _ in 0..6 {
+        let frame = alice.next_frame().await;
+        match frame.event_type {
+            EventType::CommandResponse => answered += 1,
+            EventType::Error => {
+                assert_eq!(frame.data["code"], "rate_limited");
+                refused += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        answered >= 3 && refused >= 1,
+        "answered {answered}, refused {refused}"
+    );
+    for i in 0..200 {
+        if alice
+            .socket
+            .send(Message::text(json!({"type":"ping","n":i}).to_string()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (code, reason) = alice.expect_close().await.expect("a close frame");
+    assert_eq!(code, 1008, "{reason}");
+}
+
+#[tokio::test]
+async fn login_attempts_are_limited_per_address() {
+    let app = TestApp::spawn_with(|config| config.auth_per_minute = 3).await;
+    for attempt in 0..3 {
+        let (status, _) = app
+            .post(
+                "/api/auth/login",
+                &json!({"username": "Nobody", "password": "wrong password"}),
+            )
+            .await;
+        assert_eq!(status, 401, "attempt {attempt}");
+    }
+    let response = reqwest::Client::new()
+        .post(app.url("/api/auth/register"))
+        .json(&json!({"username": "Mallory", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_refused_with_503() {
+    let app = TestApp::spawn_with(|config| config.max_connections = 1).await;
+    let _alice = app.join("Alice").await;
+    let bob = app.register("Bob").await;
+    let url = format!("ws://{}/api/ws?token={}", app.addr, bob.access_token);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503);
+            let body: serde_json::Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or(b"{}")).unwrap();
+            assert_eq!(body["error"]["code"], "server_full");
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_utf8_text_frames_close_with_1007() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.join("Alice").await;
+    let frame = Frame::message(vec![0xff, 0xfe, 0x7b], OpCode::Data(Data::Text), true);
+    alice.socket.send(Message::Frame(frame)).await.unwrap();
+    let (code, _) = alice.expect_close().await.expect("a close frame");
+    assert_eq!(code, 1007);
+}
+
+#[tokio::test]
+async fn nobody_can_speak_as_someone_else_and_text_is_cleaned() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.join("Alice").await;
+    let mut bob = app.join("Bob").await;
+    alice.expect(EventType::PlayerEnteredGame).await;
+    // Fields naming another actor are ignored: the actor is the authenticated connection.
+    alice
+        .send_json(json!({"type": "chat", "data": {"channel": "say", "message": "hi\u{0007}\u{001b}[31m there ",
+            "sender_id": bob.id, "player_id": bob.id, "player_name": "Bob"}, "player_id": bob.id}))
+        .await;
+    alice.expect(EventType::CommandResponse).await;
+    let heard = bob.expect(EventType::ChatMessage).await;
+    assert_eq!(heard.data["sender_id"], alice.id);
+    assert_eq!(heard.player_id.as_deref(), Some(alice.id.as_str()));
+    assert_eq!(heard.data["message"], "Alice says: hi[31m there");
+}
+
+#[tokio::test]
+async fn forged_expired_and_orphaned_tokens_are_refused() {
+    let app = TestApp::spawn().await;
+    let account = app.register("Alice").await;
+    let secret = app.config.jwt_secret.clone().unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+    let sign = |claims: serde_json::Value, key: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+        )
+        .unwrap()
+    };
+    let claims = |exp: u64, iss: &str| json!({"sub": account.player_id, "name": "Alice", "iss": iss, "iat": now, "exp": exp});
+    let cases = [
+        ("expired", sign(claims(now - 3600, "natsmud"), &secret)),
+        (
+            "wrong issuer",
+            sign(claims(now + 3600, "elsewhere"), &secret),
+        ),
+        (
+            "wrong key",
+            sign(claims(now + 3600, "natsmud"), "not-the-secret"),
+        ),
+        ("malformed", "a.b.c".to_owned()),
+    ];
+    for (what, token) in cases {
+        let (status, body) = app.get(&format!("/api/events?token={token}")).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("invalid_token")),
+            "{what}"
+        );
+    }
+    // A valid token whose account was deleted.
+    let accounts = natsmud::db::Accounts::open(&app.config.database_url())
+        .await
+        .unwrap();
+    accounts
+        .delete(&natsmud_protocol::PlayerId::parse(&account.player_id).unwrap())
+        .await
+        .unwrap();
+    let (status, _) = app
+        .get(&format!("/api/events?token={}", account.access_token))
+        .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn accounts_and_rooms_survive_kill_dash_nine() {
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let spawn = || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_natsmud"))
+            .args([
+                "--bind",
+                "127.0.0.1:0",
+                "--nats-url",
+                &nats.url,
+                "--tick-interval-ms",
+                "0",
+                "--log",
+                "info",
+            ])
+            .args([
+                "--password-hash-memory-kib",
+                "64",
+                "--password-hash-iterations",
+                "1",
+            ])
+            .arg("--data-dir")
+            .arg(data.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.split("address=").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        (child, addr)
+    };
+    let http = reqwest::Client::new();
+    let (mut first, addr) = spawn();
+    let account: common::Account = http
+        .post(format!("http://{addr}/api/auth/register"))
+        .json(&json!({"username": "Alice", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (socket, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/api/ws?token={}",
+        account.access_token
+    ))
+    .await
+    .unwrap();
+    let mut alice = common::Player {
+        name: "Alice".into(),
+        id: account.player_id.clone(),
+        room: String::new(),
+        socket,
+    };
+    let start = alice.expect(EventType::GameState).await.room_id.unwrap();
+    let (direction, next_room) = common::some_exit(&start);
+    alice.command(&format!("go {direction}")).await;
+    alice.expect(EventType::RoomUpdate).await;
+
+    first.kill().unwrap(); // SIGKILL: no shutdown code runs.
+    first.wait().unwrap();
+
+    let (mut second, addr) = spawn();
+    let response = http
+        .post(format!("http://{addr}/api/auth/login"))
+        .json(&json!({"username": "Alice", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let (socket, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/api/ws?token={}",
+        account.access_token
+    ))
+    .await
+    .unwrap();
+    let mut alice = common::Player {
+        name: "Alice".into(),
+        id: account.player_id,
+        room: String::new(),
+        socket,
+    };
+    let state = alice.expect(EventType::GameState).await;
+    assert_eq!(state.room_id.as_deref(), Some(next_room.as_str()));
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_under_load_answers_every_command_it_applied() {
+    let mut app = TestApp::spawn().await;
+    let alice = app.join("Alice").await;
+    let observer = async_nats::connect(&app.nats.url).await.unwrap();
+    let mut says = observer
+        .subscribe(format!("chat.say.{}", alice.room))
+        .await
+        .unwrap();
+    observer.flush().await.unwrap();
+
+    let (mut sink, mut stream) = alice.socket.split();
+    let sender = tokio::spawn(async move {
+        for i in 0..5_000 {
+            let message = json!({"type": "game_command", "data": {"command": format!("say {i}")}});
+            if sink.send(Message::text(message.to_string())).await.is_err() {
+                break;
+            }
+            if i % 100 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let reader = tokio::spawn(async move {
+        let mut answered = BTreeSet::new();
+        while let Ok(Some(Ok(message))) =
+            tokio::time::timeout(Duration::from_secs(10), stream.next()).await
+        {
+            match message {
+                Message::Text(text) => {
+                    let frame: natsmud_protocol::ServerFrame =
+                        serde_json::from_str(text.as_str()).unwrap();
+                    if frame.event_type == EventType::CommandResponse {
+                        let n: u32 = frame
+                            .data_str("result")
+                            .trim_start_matches("You say: ")
+                            .parse()
+                            .unwrap();
+                        answered.insert(n);
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        answered
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.stop().await;
+    let answered = reader.await.unwrap();
+    let _ = sender.await;
+    let mut published = BTreeSet::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(500), says.next()).await
+    {
+        let frame: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        let n: u32 = frame["data"]["message"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("Alice says: ")
+            .parse()
+            .unwrap();
+        published.insert(n);
+    }
+    assert!(
+        !answered.is_empty(),
+        "some commands ran before the shutdown"
+    );
+    assert_eq!(
+        answered, published,
+        "every applied command was answered, and only those"
+    );
+    let expected: BTreeSet<u32> = (0..answered.len() as u32).collect();
+    assert_eq!(
+        answered, expected,
+        "commands ran in order with none skipped"
+    );
+}
