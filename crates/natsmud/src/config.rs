@@ -45,11 +45,11 @@ pub struct Config {
 
     /// NATS password (with --nats-user).
     #[arg(long, env = "NATSMUD_NATS_PASSWORD", hide_env_values = true)]
-    pub nats_password: Option<String>,
+    pub nats_password: Option<Secret>,
 
     /// NATS authentication token.
     #[arg(long, env = "NATSMUD_NATS_TOKEN", hide_env_values = true)]
-    pub nats_token: Option<String>,
+    pub nats_token: Option<Secret>,
 
     /// PEM file of CA certificates to trust for NATS over TLS.
     #[arg(long, env = "NATSMUD_NATS_TLS_CA")]
@@ -82,7 +82,7 @@ pub struct Config {
     /// Secret that signs access tokens (HS256). When unset, one is generated once and kept
     /// in `{data_dir}/jwt_secret`.
     #[arg(long, env = "NATSMUD_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
 
     /// How long an access token stays valid, in seconds.
     #[arg(long, env = "NATSMUD_TOKEN_TTL_SECS", default_value_t = 24 * 3600)]
@@ -150,6 +150,33 @@ pub struct Config {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "NATSMUD_LOG_JSON", action = ArgAction::SetTrue)]
     pub log_json: bool,
+}
+
+/// A secret setting: `Debug` prints `<redacted>`, so logging a config never leaks it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
+    }
 }
 
 fn parse_tick_interval(value: &str) -> Result<u64, String> {
@@ -371,6 +398,14 @@ mod tests {
         let config = load(&["--config", &path, "--tick-interval-ms", "700"])
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.tick_interval_ms, 700);
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let config = load(&["--jwt-secret", "hunter2-very-secret", "--nats-token", "tok3n"]).unwrap_or_else(|e| panic!("{e}"));
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2") && !printed.contains("tok3n"), "{printed}");
+        assert_eq!(config.jwt_secret.map(|s| s.expose().to_owned()).as_deref(), Some("hunter2-very-secret"));
     }
 
     #[test]

@@ -26,10 +26,10 @@ pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
         None => async_nats::ConnectOptions::new(),
     };
     if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
-        options = options.user_and_password(user.clone(), password.clone());
+        options = options.user_and_password(user.clone(), password.expose().to_owned());
     }
     if let Some(token) = &config.nats_token {
-        options = options.token(token.clone());
+        options = options.token(token.expose().to_owned());
     }
     if let Some(ca) = &config.nats_tls_ca {
         options = options.add_root_certificates(ca.clone());

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Passwords, Tokens, load_or_create_secret};
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::db::Accounts;
 use crate::limits::AuthLimiter;
 use crate::realtime::nats_handler::NatsMessageHandler;
@@ -62,7 +62,7 @@ pub async fn run(
     let accounts = Accounts::open(&config.database_url())
         .await
         .with_context(|| format!("cannot open database {}", config.database_url()))?;
-    let secret = load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
+    let secret = load_or_create_secret(config.jwt_secret.as_ref().map(Secret::expose), &config.data_dir)?;
     let tokens = Tokens::new(&secret, Duration::from_secs(config.token_ttl_secs));
     let passwords = Passwords::new(
         config.hashing_concurrency as usize,

@@ -304,7 +304,7 @@ async fn nobody_can_speak_as_someone_else_and_text_is_cleaned() {
 async fn forged_expired_and_orphaned_tokens_are_refused() {
     let app = TestApp::spawn().await;
     let account = app.register("Alice").await;
-    let secret = app.config.jwt_secret.clone().unwrap();
+    let secret = app.config.jwt_secret.clone().unwrap().expose().to_owned();
     let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
     let sign = |claims: serde_json::Value, key: &str| {
         jsonwebtoken::encode(
