@@ -402,10 +402,22 @@ mod tests {
 
     #[test]
     fn secrets_are_not_printed() {
-        let config = load(&["--jwt-secret", "hunter2-very-secret", "--nats-token", "tok3n"]).unwrap_or_else(|e| panic!("{e}"));
+        let config = load(&[
+            "--jwt-secret",
+            "hunter2-very-secret",
+            "--nats-token",
+            "tok3n",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
         let printed = format!("{config:?}");
-        assert!(!printed.contains("hunter2") && !printed.contains("tok3n"), "{printed}");
-        assert_eq!(config.jwt_secret.map(|s| s.expose().to_owned()).as_deref(), Some("hunter2-very-secret"));
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("tok3n"),
+            "{printed}"
+        );
+        assert_eq!(
+            config.jwt_secret.map(|s| s.expose().to_owned()).as_deref(),
+            Some("hunter2-very-secret")
+        );
     }
 
     #[test]

@@ -62,7 +62,10 @@ pub async fn run(
     let accounts = Accounts::open(&config.database_url())
         .await
         .with_context(|| format!("cannot open database {}", config.database_url()))?;
-    let secret = load_or_create_secret(config.jwt_secret.as_ref().map(Secret::expose), &config.data_dir)?;
+    let secret = load_or_create_secret(
+        config.jwt_secret.as_ref().map(Secret::expose),
+        &config.data_dir,
+    )?;
     let tokens = Tokens::new(&secret, Duration::from_secs(config.token_ttl_secs));
     let passwords = Passwords::new(
         config.hashing_concurrency as usize,

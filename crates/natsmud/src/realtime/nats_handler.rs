@@ -80,6 +80,11 @@ impl NatsMessageHandler {
         }
         if client.connection_state() == async_nats::connection::State::Connected {
             let _ = client.flush().await;
+            let version = client.server_info().version;
+            tracing::info!(%version, "NATS server");
+            if !version_at_least(&version, 2, 10) {
+                tracing::warn!(%version, "this NATS server is older than 2.10: core pub/sub works, but natsmud's coming JetStream features (multi-node presence, replay) will need 2.10 or newer");
+            }
         }
         let _ = ready.send(());
         tracing::info!(subject = %wildcard, "listening for events");
@@ -179,6 +184,16 @@ impl NatsMessageHandler {
     }
 }
 
+/// True when a `major.minor.patch` version string is at least `major.minor`.
+fn version_at_least(version: &str, major: u64, minor: u64) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split('.')
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    found >= (major, minor)
+}
+
 /// Which numbering an event belongs to: its room for room events, else its subject.
 fn stream_key<'a>(subject: &Subject<'a>) -> Cow<'a, str> {
     match subject.room() {
@@ -211,6 +226,13 @@ fn splice_sequence(payload: &Bytes, has_sequence: bool, sequence: u64) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compares_server_versions() {
+        assert!(version_at_least("2.15.1", 2, 10));
+        assert!(version_at_least("v2.10.0", 2, 10));
+        assert!(!version_at_least("2.9.10", 2, 10));
+    }
 
     #[test]
     fn splices_the_number_in_front() {

@@ -136,7 +136,9 @@ impl TestApp {
         let nats = NatsServer::start();
         let data_dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_data_dir(&nats.url, data_dir.path().to_path_buf());
-        config.jwt_secret = Some(natsmud::config::Secret::new("test-secret-not-for-production"));
+        config.jwt_secret = Some(natsmud::config::Secret::new(
+            "test-secret-not-for-production",
+        ));
         // Ticks would interleave with the frames tests expect; tick tests turn them on.
         config.tick_interval_ms = 0;
         // Limits are off unless a test is about them; cheap hashing keeps debug builds fast.
