@@ -7,11 +7,19 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::realtime::{CloseReason, ConnectionManager};
 use crate::telemetry;
 
 /// Connects in the background: the server starts (degraded) when NATS is away and
 /// recovers by itself whenever NATS comes back, however long that takes.
-pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
+///
+/// When NATS reports that this node's subscription overflowed (a "slow consumer": events
+/// for this node were dropped), every local connection is closed with 4008 so that no
+/// player silently misses an event; they reconnect and carry on.
+pub async fn connect(
+    config: &Config,
+    manager: Arc<ConnectionManager>,
+) -> anyhow::Result<async_nats::Client> {
     let urls: Vec<&str> = config
         .nats_url
         .split(',')
@@ -49,6 +57,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
         })
         .event_callback(move |event| {
             let was_connected = was_connected.clone();
+            let manager = manager.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => {
@@ -66,7 +75,8 @@ pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
                     }
                     async_nats::Event::SlowConsumer(sid) => {
                         metrics::counter!(telemetry::NATS_SLOW_CONSUMER).increment(1);
-                        tracing::error!(sid, "NATS slow consumer: this node dropped events");
+                        tracing::error!(sid, "NATS slow consumer: this node dropped events; closing its connections");
+                        manager.kick_all(CloseReason::EVENTS_LOST);
                     }
                     other => tracing::info!(event = %other, "NATS event"),
                 }

@@ -74,10 +74,10 @@ pub async fn run(
     )?;
     let auth_limiter = AuthLimiter::new(config.auth_per_minute);
 
-    let client = crate::nats::connect(&config)
+    let manager = Arc::new(ConnectionManager::new(config.outbound_queue as usize));
+    let client = crate::nats::connect(&config, manager.clone())
         .await
         .with_context(|| format!("cannot use NATS URL {}", config.nats_url))?;
-    let manager = Arc::new(ConnectionManager::new(config.outbound_queue as usize));
     let publisher = Arc::new(EventPublisher::new(
         client.clone(),
         config.subject_prefix.clone(),

@@ -97,6 +97,12 @@ impl CloseReason {
         reason: "rate limit exceeded",
         drain: true,
     };
+    /// NATS dropped events bound for this node: nobody here can know what they missed.
+    pub const EVENTS_LOST: Self = Self {
+        code: 4008,
+        reason: "events lost on the server; reconnect",
+        drain: true,
+    };
     pub const SLOW_CONSUMER: Self = Self {
         code: 4008,
         reason: "slow consumer",
@@ -507,6 +513,14 @@ impl ConnectionManager {
             }
         }
         usize::from(member.offer(frame, since))
+    }
+
+    /// Closes every open connection with `reason`, still accepting new ones.
+    pub fn kick_all(&self, reason: CloseReason) {
+        let state = self.read();
+        for (member, _) in state.players.values() {
+            member.kick.close(reason);
+        }
     }
 
     /// Stops new connections and closes every open one with `reason`.
