@@ -75,7 +75,10 @@ pub async fn connect(
                     }
                     async_nats::Event::SlowConsumer(sid) => {
                         metrics::counter!(telemetry::NATS_SLOW_CONSUMER).increment(1);
-                        tracing::error!(sid, "NATS slow consumer: this node dropped events; closing its connections");
+                        tracing::error!(
+                            sid,
+                            "NATS slow consumer: this node dropped events; closing its connections"
+                        );
                         manager.kick_all(CloseReason::EVENTS_LOST);
                     }
                     other => tracing::info!(event = %other, "NATS event"),

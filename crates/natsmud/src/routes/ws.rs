@@ -30,6 +30,9 @@ use crate::realtime::connection_manager::{CloseReason, ConnectionHandle, Kick, Q
 use crate::startup::AppState;
 use crate::telemetry;
 
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 16 * 1024;
+
 /// Bound on how long a closing connection may spend writing its last frames: long enough
 /// for a slow reader to get through its backlog to the close frame and learn why.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -57,8 +60,12 @@ pub async fn upgrade(
     // The transport refuses frames well above our limit by itself; frames between the two
     // are read and refused by us with 1009 and a reason.
     let transport_limit = (max_frame * 4).max(64 * 1024);
+    // Small buffers: most frames are a few hundred bytes, and every idle connection
+    // carries these (tungstenite's defaults are 128 KiB each way).
     ws.max_message_size(transport_limit)
         .max_frame_size(transport_limit)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("connection", player = %account.name);
             run_connection(app, socket, account).instrument(span)
@@ -94,7 +101,7 @@ async fn run_connection(app: AppState, mut socket: WebSocket, account: Account) 
         mut commands,
         mut limiter,
     } = attached;
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let reader_done = CancellationToken::new();
     let last_seen = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -112,7 +119,7 @@ async fn run_connection(app: AppState, mut socket: WebSocket, account: Account) 
     );
 
     let inputs = Inputs {
-        stream,
+        stream: &mut stream,
         commands: &mut commands,
         limiter: &mut limiter,
     };
@@ -121,17 +128,28 @@ async fn run_connection(app: AppState, mut socket: WebSocket, account: Account) 
     // Out of the room at once: the writer may spend a while on a peer that reads slowly,
     // and nobody should see a player who is already gone.
     session::detach(&app, &conn).await;
-    if tokio::time::timeout(CLOSE_WRITE_TIMEOUT * 2, writer)
-        .await
-        .is_err()
-    {
+    // Keep reading (and discarding) until the peer answers our close frame: closing a
+    // socket with unread input makes the kernel reset it, and the peer's kernel may then
+    // throw away our close frame before the peer reads it.
+    let discard = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let (written, _) = tokio::join!(
+        tokio::time::timeout(CLOSE_WRITE_TIMEOUT * 2, writer),
+        tokio::time::timeout(CLOSE_WRITE_TIMEOUT, discard),
+    );
+    if written.is_err() {
         tracing::warn!("writer did not finish in time");
     }
 }
 
 /// Where a WebSocket connection's commands come from, and their allowance.
 struct Inputs<'a> {
-    stream: SplitStream<WebSocket>,
+    stream: &'a mut SplitStream<WebSocket>,
     commands: &'a mut mpsc::Receiver<ClientMessage>,
     limiter: &'a mut CommandLimiter,
 }
@@ -144,7 +162,7 @@ async fn read_loop(
     started: Instant,
 ) {
     let Inputs {
-        mut stream,
+        stream,
         commands,
         limiter,
     } = inputs;
@@ -211,6 +229,29 @@ fn close_message(reason: CloseReason) -> Message {
     }))
 }
 
+/// Frames written before one flush: a burst costs one write call, not one per frame.
+const WRITE_BATCH: usize = 64;
+
+/// Writes `first` and whatever else is already queued (up to [`WRITE_BATCH`]), then
+/// flushes once.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    outbound: &mut mpsc::Receiver<Queued>,
+    first: Queued,
+) -> Result<(), axum::Error> {
+    let mut next = Some(first);
+    let mut written = 0;
+    while let Some(Queued { frame, since }) = next.take() {
+        sink.feed(Message::Text(frame)).await?;
+        metrics::histogram!(telemetry::DELIVERY_SECONDS).record(since.elapsed().as_secs_f64());
+        written += 1;
+        if written < WRITE_BATCH {
+            next = outbound.try_recv().ok();
+        }
+    }
+    sink.flush().await
+}
+
 /// What the writer task owns.
 struct Writer {
     sink: SplitSink<WebSocket, Message>,
@@ -241,18 +282,17 @@ async fn write_loop(writer: Writer) {
             biased;
             _ = kick.closed() => break,
             queued = outbound.recv() => {
-                let Some(Queued { frame, since }) = queued else { break };
+                let Some(first) = queued else { break };
                 // A peer that stops reading blocks this send; a kick must still end it.
                 let sent = tokio::select! {
                     biased;
                     _ = kick.closed() => break,
-                    sent = sink.send(Message::Text(frame)) => sent,
+                    sent = write_batch(&mut sink, &mut outbound, first) => sent,
                 };
                 if sent.is_err() {
                     kick.close(CloseReason::NORMAL);
                     return;
                 }
-                metrics::histogram!(telemetry::DELIVERY_SECONDS).record(since.elapsed().as_secs_f64());
             }
             _ = ping.tick() => {
                 let idle_ms = (started.elapsed().as_millis() as u64)
