@@ -59,12 +59,7 @@ async fn moving_tells_the_old_room_and_the_new_room_but_not_the_mover() {
 #[tokio::test]
 async fn say_emote_and_pose_reach_the_room_once_and_never_the_speaker() {
     let app = TestApp::spawn().await;
-    let mut alice = app.join("Alice").await;
-    let mut bob = app.join("Bob").await;
-    let mut carol = app.join("Carol").await;
-    alice.expect(EventType::PlayerEnteredGame).await;
-    alice.expect(EventType::PlayerEnteredGame).await;
-    bob.expect(EventType::PlayerEnteredGame).await;
+    let [mut alice, mut bob, mut carol] = app.join_all(["Alice", "Bob", "Carol"]).await;
 
     let reply = alice.ask("say hello all").await;
     assert_eq!(reply.event_type, EventType::CommandResponse);
@@ -107,12 +102,7 @@ async fn say_emote_and_pose_reach_the_room_once_and_never_the_speaker() {
 #[tokio::test]
 async fn a_burst_of_200_events_arrives_complete_and_in_order() {
     let app = TestApp::spawn().await;
-    let mut alice = app.join("Alice").await;
-    let mut bob = app.join("Bob").await;
-    let mut carol = app.join("Carol").await;
-    alice.expect(EventType::PlayerEnteredGame).await;
-    alice.expect(EventType::PlayerEnteredGame).await;
-    bob.expect(EventType::PlayerEnteredGame).await;
+    let [mut alice, mut bob, mut carol] = app.join_all(["Alice", "Bob", "Carol"]).await;
 
     for i in 0..200 {
         alice.command(&format!("say {i}")).await;
@@ -153,12 +143,7 @@ async fn a_burst_of_200_events_arrives_complete_and_in_order() {
 #[tokio::test]
 async fn whisper_reaches_only_its_target_and_reply_goes_back() {
     let app = TestApp::spawn().await;
-    let mut alice = app.join("Alice").await;
-    let mut bob = app.join("Bob").await;
-    let mut carol = app.join("Carol").await;
-    alice.expect(EventType::PlayerEnteredGame).await;
-    alice.expect(EventType::PlayerEnteredGame).await;
-    bob.expect(EventType::PlayerEnteredGame).await;
+    let [mut alice, mut bob, mut carol] = app.join_all(["Alice", "Bob", "Carol"]).await;
 
     let sent = alice.ask("whisper bob meet me at the pier").await;
     assert_eq!(

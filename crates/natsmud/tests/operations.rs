@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{NatsServer, TestApp};
@@ -16,56 +15,11 @@ use natsmud_protocol::EventType;
 async fn sigterm_drains_players_tells_the_world_and_exits_zero() {
     let nats = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_natsmud"))
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "--nats-url",
-            &nats.url,
-            "--tick-interval-ms",
-            "0",
-        ])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("NATSMUD_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // The address is in the "natsmud serving" log line.
-    let stdout = child.stdout.take().unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("address=").nth(1) {
-                let _ = addr_tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-            }
-        }
-    });
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the server logs its address");
-
-    let http = reqwest::Client::new();
+    let (mut child, addr) = common::spawn_binary(&nats.url, data.path(), &[]);
     let mut players = Vec::new();
     for name in ["Alice", "Bob"] {
-        let account: common::Account = http
-            .post(format!("http://{addr}/api/auth/register"))
-            .json(&serde_json::json!({"username": name, "password": "correct horse"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let url = format!("ws://{addr}/api/ws?token={}", account.access_token);
-        let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let mut player = common::Player {
-            name: name.to_owned(),
-            id: account.player_id,
-            room: String::new(),
-            socket,
-        };
+        let account = common::register_at(&addr, name).await;
+        let mut player = common::connect_at(&addr, &account).await;
         player.expect(EventType::GameState).await;
         players.push(player);
     }
@@ -197,12 +151,7 @@ async fn metrics_count_connections_events_and_latency() {
     alice.expect(EventType::PlayerEnteredGame).await;
     alice.ask("say counted").await;
     bob.expect(EventType::ChatMessage).await;
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     for needle in [
         "natsmud_connections{transport=\"websocket\"}",
         "natsmud_events_published_total{event_type=\"chat_message\"}",

@@ -177,12 +177,7 @@ async fn a_stalled_client_is_cut_off_with_4008_and_the_others_keep_up() {
         }
     };
     assert_eq!(close.map(|f| u16::from(f.code)), Some(4008));
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("natsmud_slow_consumer_disconnects_total"),
         "{metrics}"
@@ -353,69 +348,15 @@ async fn forged_expired_and_orphaned_tokens_are_refused() {
 async fn accounts_and_rooms_survive_kill_dash_nine() {
     let nats = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
-    let spawn = || {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_natsmud"))
-            .args([
-                "--bind",
-                "127.0.0.1:0",
-                "--nats-url",
-                &nats.url,
-                "--tick-interval-ms",
-                "0",
-                "--log",
-                "info",
-            ])
-            .args([
-                "--password-hash-memory-kib",
-                "64",
-                "--password-hash-iterations",
-                "1",
-            ])
-            .arg("--data-dir")
-            .arg(data.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(rest) = line.split("address=").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-                }
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap();
-        (child, addr)
-    };
-    let http = reqwest::Client::new();
-    let (mut first, addr) = spawn();
-    let account: common::Account = http
-        .post(format!("http://{addr}/api/auth/register"))
-        .json(&json!({"username": "Alice", "password": "correct horse"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let (socket, _) = tokio_tungstenite::connect_async(format!(
-        "ws://{addr}/api/ws?token={}",
-        account.access_token
-    ))
-    .await
-    .unwrap();
-    let mut alice = common::Player {
-        name: "Alice".into(),
-        id: account.player_id.clone(),
-        room: String::new(),
-        socket,
-    };
+    let cheap = [
+        "--password-hash-memory-kib",
+        "64",
+        "--password-hash-iterations",
+        "1",
+    ];
+    let (mut first, addr) = common::spawn_binary(&nats.url, data.path(), &cheap);
+    let account = common::register_at(&addr, "Alice").await;
+    let mut alice = common::connect_at(&addr, &account).await;
     let start = alice.expect(EventType::GameState).await.room_id.unwrap();
     let (direction, next_room) = common::some_exit(&start);
     alice.command(&format!("go {direction}")).await;
@@ -424,26 +365,15 @@ async fn accounts_and_rooms_survive_kill_dash_nine() {
     first.kill().unwrap(); // SIGKILL: no shutdown code runs.
     first.wait().unwrap();
 
-    let (mut second, addr) = spawn();
-    let response = http
+    let (mut second, addr) = common::spawn_binary(&nats.url, data.path(), &cheap);
+    let response = reqwest::Client::new()
         .post(format!("http://{addr}/api/auth/login"))
         .json(&json!({"username": "Alice", "password": "correct horse"}))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
-    let (socket, _) = tokio_tungstenite::connect_async(format!(
-        "ws://{addr}/api/ws?token={}",
-        account.access_token
-    ))
-    .await
-    .unwrap();
-    let mut alice = common::Player {
-        name: "Alice".into(),
-        id: account.player_id,
-        room: String::new(),
-        socket,
-    };
+    let mut alice = common::connect_at(&addr, &account).await;
     let state = alice.expect(EventType::GameState).await;
     assert_eq!(state.room_id.as_deref(), Some(next_room.as_str()));
     second.kill().unwrap();

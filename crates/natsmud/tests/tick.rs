@@ -102,12 +102,12 @@ async fn a_tick_while_nats_is_down_is_counted_as_failed_and_ticking_resumes() {
     let mut app = TestApp::spawn_with(|config| config.tick_interval_ms = 100).await;
     let mut alice = app.join("Alice").await;
     next_tick(&mut alice).await;
-    let failed_before = metric(&app, "natsmud_ticks_failed_total").await;
+    let failed_before = app.metric("natsmud_ticks_failed_total").await;
 
     let port = app.nats.port;
     app.nats.stop();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&app, "natsmud_ticks_failed_total").await <= failed_before {
+    while app.metric("natsmud_ticks_failed_total").await <= failed_before {
         assert!(Instant::now() < deadline, "no failed tick was counted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -126,18 +126,4 @@ async fn a_tick_while_nats_is_down_is_counted_as_failed_and_ticking_resumes() {
         .as_u64()
         .unwrap();
     assert_eq!(after, before + 1);
-}
-
-/// The sum of a metric's samples on `/metrics` (0 when absent).
-pub async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }

@@ -397,3 +397,109 @@ pub fn some_exit(room: &str) -> (String, String) {
     let (direction, target) = room.exits.iter().next().unwrap();
     (direction.clone(), target.to_string())
 }
+
+impl TestApp {
+    /// Joins players one after another in the same start room and reads the
+    /// `player_entered_game` each earlier player gets for each later one.
+    pub async fn join_all<const N: usize>(&self, names: [&str; N]) -> [Player; N] {
+        let mut players: Vec<Player> = Vec::with_capacity(N);
+        for name in names {
+            let player = self.join(name).await;
+            for earlier in &mut players {
+                let entered = earlier.expect(EventType::PlayerEnteredGame).await;
+                assert_eq!(entered.data["player_name"], name);
+            }
+            players.push(player);
+        }
+        match players.try_into() {
+            Ok(players) => players,
+            Err(_) => unreachable!("N players were joined"),
+        }
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The sum of a metric's samples on `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
+            .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// The real `natsmud` binary on a free port; returns it and its address, read from the
+/// "natsmud serving" log line.
+pub fn spawn_binary(nats_url: &str, data_dir: &Path, extra: &[&str]) -> (Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natsmud"))
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "--nats-url",
+            nats_url,
+            "--tick-interval-ms",
+            "0",
+            "--log",
+            "info",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.split("address=").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the server logs its address");
+    (child, addr)
+}
+
+/// Registers over HTTP at `addr` (for servers not started as a [`TestApp`]).
+pub async fn register_at(addr: &str, name: &str) -> Account {
+    reqwest::Client::new()
+        .post(format!("http://{addr}/api/auth/register"))
+        .json(&json!({"username": name, "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Opens a WebSocket at `addr` as `account`.
+pub async fn connect_at(addr: &str, account: &Account) -> Player {
+    let url = format!("ws://{addr}/api/ws?token={}", account.access_token);
+    let (socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connects");
+    Player {
+        name: account.player_name.clone(),
+        id: account.player_id.clone(),
+        room: String::new(),
+        socket,
+    }
+}
