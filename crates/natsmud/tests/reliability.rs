@@ -458,3 +458,27 @@ async fn shutdown_under_load_answers_every_command_it_applied() {
         "commands ran in order with none skipped"
     );
 }
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_after_two_ping_intervals() {
+    let app = TestApp::spawn_with(|config| config.ws_ping_secs = 1).await;
+    let mut watcher = app.join("Watcher").await;
+    let account = app.register("Ghost").await;
+    // Not reading means not answering the server's pings.
+    let mut ghost = app.connect(&account).await;
+    watcher.expect(EventType::PlayerEnteredGame).await;
+    let left = tokio::time::timeout(
+        Duration::from_secs(6),
+        watcher.expect(EventType::PlayerLeftGame),
+    )
+    .await
+    .expect("the silent peer is dropped within a few seconds");
+    assert_eq!(left.data["player_name"], "Ghost");
+    let (code, reason) = ghost.expect_close().await.expect("a close frame");
+    assert_eq!((code, reason.as_str()), (1001, "ping timeout"));
+    // The watcher answered its pings all along (its client replies as it reads).
+    assert_eq!(
+        watcher.ask("who").await.data["result"],
+        "Players online (1): Watcher"
+    );
+}
