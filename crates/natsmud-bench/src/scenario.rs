@@ -1,0 +1,290 @@
+//! One benchmark scenario from scratch: a fresh directory, the generated world, a fresh
+//! nats-server, fresh natsmud node(s) sharing it and one data directory, the load run, and
+//! everything stopped again — also on error, and on Ctrl-C (every child is killed when
+//! dropped).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::process::Command;
+
+use crate::load::{LoadArgs, Mode, RunOutcome, Target, coordinate};
+use crate::procs::Managed;
+use crate::provenance::Provenance;
+use crate::world;
+
+/// Flags every benchmark node gets when its `natsmud --help` lists them: cheap password
+/// hashing (registering 100,000 players must not take an hour), every rate limit and
+/// connection cap off (0), quiet logs. The one place to change them.
+pub const SERVER_FLAGS: &[(&str, &str)] = &[
+    ("--password-hash-memory-kib", "8"),
+    ("--password-hash-iterations", "1"),
+    ("--max-connections", "0"),
+    ("--commands-per-sec", "0"),
+    ("--auth-per-minute", "0"),
+    ("--log", "warn"),
+];
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScenarioArgs {
+    /// Name in the report, e.g. `active-1000` (default: mode-players).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, value_enum)]
+    pub mode: Mode,
+    /// natsmud server processes (default: players / --per-process, rounded up).
+    #[arg(long)]
+    pub nodes: Option<usize>,
+    /// The natsmud binary (a release build).
+    #[arg(long, default_value = "target/release/natsmud")]
+    pub natsmud: PathBuf,
+    /// The nats-server binary (scripts/install-nats-server prints it).
+    #[arg(long)]
+    pub nats_server: PathBuf,
+    /// Scratch directory for this scenario; emptied first.
+    #[arg(long)]
+    pub work_dir: PathBuf,
+    /// Where the results (JSON) go.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Marks the results as a short smoke run.
+    #[arg(long)]
+    pub quick: bool,
+    /// Extra flag for every node (repeatable), e.g. `--server-arg=--outbound-queue=512`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// One scenario's results file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioResult {
+    pub name: String,
+    pub mode: Mode,
+    pub players: u32,
+    pub quick: bool,
+    /// `ok`, or `failed` with `error`.
+    pub status: String,
+    pub error: Option<String>,
+    pub provenance: Provenance,
+    pub nodes: usize,
+    /// Nodes publishing the game tick (one; the others run with --tick-interval-ms 0).
+    pub ticking_nodes: usize,
+    pub server_flags: Vec<String>,
+    /// Flags of [`SERVER_FLAGS`] this natsmud does not have (left out).
+    pub server_flags_missing: Vec<String>,
+    pub nats_server_version: String,
+    pub load: LoadArgs,
+    pub outcome: Option<RunOutcome>,
+}
+
+impl ScenarioResult {
+    pub fn new(name: String, mode: Mode, load: &LoadArgs, quick: bool, nodes: usize) -> Self {
+        Self {
+            name,
+            mode,
+            players: load.players,
+            quick,
+            status: "failed".into(),
+            error: None,
+            provenance: Provenance::here(),
+            nodes,
+            ticking_nodes: 1,
+            server_flags: Vec::new(),
+            server_flags_missing: Vec::new(),
+            nats_server_version: String::new(),
+            load: load.clone(),
+            outcome: None,
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+async fn supported_flags(natsmud: &Path) -> Result<(Vec<String>, Vec<String>)> {
+    let help = Command::new(natsmud)
+        .arg("--help")
+        .output()
+        .await
+        .with_context(|| format!("running {} --help", natsmud.display()))?;
+    let text = String::from_utf8_lossy(&help.stdout);
+    let mut have = Vec::new();
+    let mut missing = Vec::new();
+    for (flag, value) in SERVER_FLAGS {
+        let listed = text
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[')
+            .any(|w| w == *flag);
+        if listed {
+            have.push(format!("{flag}={value}"));
+        } else {
+            missing.push(flag.to_string());
+        }
+    }
+    Ok((have, missing))
+}
+
+async fn wait_healthy(node: &mut Managed, url: &str) -> Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if !node.running() {
+            bail!("{} exited at start:\n{}", node.name, node.log_tail(30));
+        }
+        if let Ok(r) = client.get(format!("{url}/health")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "{} did not answer /health within 60 s:\n{}",
+                node.name,
+                node.log_tail(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn start_nats(bin: &Path, dir: &Path, pid_file: &Path) -> Result<(Managed, String)> {
+    std::fs::create_dir_all(dir)?;
+    let mut command = Command::new(bin);
+    command.args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"]);
+    command.arg(dir);
+    let mut nats = Managed::spawn(
+        "nats-server",
+        &mut command,
+        &dir.join("nats-server.log"),
+        false,
+        pid_file,
+    )?;
+    let ports = dir.join(format!("nats-server_{}.ports", nats.pid));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&ports)
+            && let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
+            && let Some(url) = value["nats"][0].as_str()
+        {
+            return Ok((nats, url.to_owned()));
+        }
+        if !nats.running() {
+            bail!("nats-server exited at start:\n{}", nats.log_tail(20));
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("nats-server wrote no ports file in 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the scenario, filling `result` as it goes (so a failure still reports how far it
+/// got). Every process started here is stopped before returning.
+pub async fn run(args: &ScenarioArgs, result: &mut ScenarioResult) -> Result<()> {
+    let work = &args.work_dir;
+    if work.exists() {
+        std::fs::remove_dir_all(work).with_context(|| format!("emptying {}", work.display()))?;
+    }
+    std::fs::create_dir_all(work.join("logs"))?;
+    let pid_file = work.join("pids");
+    let world_dir = work.join("world");
+    let data_dir = work.join("data");
+    std::fs::create_dir_all(&data_dir)?;
+
+    let generated = world::generate(args.load.players as usize, args.load.seed);
+    world::validate(&generated)?;
+    generated.write(&world_dir)?;
+
+    result.nats_server_version = Command::new(&args.nats_server)
+        .arg("--version")
+        .output()
+        .await
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let (flags, missing) = supported_flags(&args.natsmud).await?;
+    result.server_flags = flags.clone();
+    result.server_flags.extend(args.server_args.iter().cloned());
+    result.server_flags_missing = missing;
+    if !result.server_flags_missing.is_empty() {
+        eprintln!(
+            "bench: this natsmud has no {}; running without",
+            result.server_flags_missing.join(", ")
+        );
+    }
+
+    let (nats, nats_url) = start_nats(&args.nats_server, &work.join("nats"), &pid_file).await?;
+    let secret: String = (0..32)
+        .map(|_| format!("{:02x}", rand::rng().random::<u8>()))
+        .collect();
+    let mut nodes: Vec<Managed> = Vec::new();
+    let mut servers = Vec::new();
+    for k in 0..result.nodes {
+        let port = free_port()?;
+        let mut command = Command::new(&args.natsmud);
+        command
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .args(["--nats-url", &nats_url])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--jwt-secret", &secret])
+            .arg("--world")
+            .arg(&world_dir)
+            .args(["--tick-interval-ms", if k == 0 { "10000" } else { "0" }])
+            .args(&flags)
+            .args(&args.server_args);
+        let log = work.join("logs").join(format!("natsmud-{}.log", k + 1));
+        let mut node = Managed::spawn(
+            &format!("natsmud-{}", k + 1),
+            &mut command,
+            &log,
+            false,
+            &pid_file,
+        )?;
+        let url = format!("http://127.0.0.1:{port}");
+        // The first node creates the database; the others start once it is up.
+        if k == 0 {
+            wait_healthy(&mut node, &url).await?;
+        }
+        nodes.push(node);
+        servers.push(url);
+    }
+    for (node, url) in nodes.iter_mut().zip(&servers).skip(1) {
+        wait_healthy(node, url).await?;
+    }
+    eprintln!(
+        "bench: nats-server ({}) and {} natsmud node(s) up",
+        result.nats_server_version,
+        nodes.len()
+    );
+    let target = Target {
+        servers,
+        server_pids: nodes.iter().map(|n| n.pid).collect(),
+        nats_pid: Some(nats.pid),
+        world: world_dir,
+        database: Some(data_dir.join("natsmud.db")),
+    };
+    let outcome = coordinate(&args.load, args.mode, &target, work, &pid_file).await;
+    for node in nodes {
+        node.stop(Duration::from_secs(15)).await;
+    }
+    nats.stop(Duration::from_secs(5)).await;
+    result.outcome = Some(outcome?);
+    result.status = "ok".into();
+    Ok(())
+}
