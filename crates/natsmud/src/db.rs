@@ -6,6 +6,7 @@ use std::time::Duration;
 use natsmud_protocol::{PlayerId, PlayerName, RoomId};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -130,4 +131,73 @@ fn account_from_row(row: sqlx::sqlite::SqliteRow) -> Result<Account, DbError> {
             .try_get::<Option<String>, _>("room_id")?
             .and_then(|r| RoomId::parse(&r).ok()),
     })
+}
+
+impl Accounts {
+    /// Stores many players' rooms in one transaction (the last room per player wins).
+    pub async fn set_rooms(&self, moves: &[(PlayerId, RoomId)]) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        for (player, room) in moves {
+            sqlx::query("UPDATE players SET room_id = ? WHERE id = ?")
+                .bind(room.as_str())
+                .bind(player.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+type RoomWrite = (PlayerId, RoomId, oneshot::Sender<Result<(), String>>);
+
+/// Stores players' rooms with group commit: every move waiting when a transaction starts
+/// goes into it. Each mover still waits for its own room to be stored before it is
+/// answered (so an answered move survives a crash), but a thousand moves a second cost a
+/// few transactions, not a thousand.
+#[derive(Clone)]
+pub struct RoomWriter {
+    tx: mpsc::Sender<RoomWrite>,
+}
+
+/// Most moves stored in one transaction.
+const GROUP_COMMIT_MAX: usize = 1024;
+
+impl RoomWriter {
+    pub fn spawn(accounts: Accounts) -> Self {
+        let (tx, mut rx) = mpsc::channel::<RoomWrite>(GROUP_COMMIT_MAX * 4);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                while batch.len() < GROUP_COMMIT_MAX {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let moves: Vec<(PlayerId, RoomId)> = batch
+                    .iter()
+                    .map(|(p, r, _)| (p.clone(), r.clone()))
+                    .collect();
+                let result = accounts.set_rooms(&moves).await.map_err(|e| e.to_string());
+                for (_, _, done) in batch.drain(..) {
+                    let _ = done.send(result.clone());
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Returns once `player`'s room is stored.
+    pub async fn store(&self, player: &PlayerId, room: &RoomId) -> Result<(), String> {
+        let (done, stored) = oneshot::channel();
+        self.tx
+            .send((player.clone(), room.clone(), done))
+            .await
+            .map_err(|_| "the room writer has stopped".to_owned())?;
+        stored
+            .await
+            .map_err(|_| "the room writer has stopped".to_owned())?
+    }
 }

@@ -78,29 +78,6 @@ impl Session<'_> {
         }
     }
 
-    /// The first frame of a connection.
-    pub async fn send_game_state(&self, room: &Room) {
-        let occupants = self.app.manager.occupants(&room.id);
-        self.conn
-            .send_direct(
-                Envelope::new(
-                    EventType::GameState,
-                    GameStateData {
-                        player: PlayerInfo {
-                            id: self.me().clone(),
-                            name: self.my_name().to_string(),
-                        },
-                        room: room.view(),
-                        occupant_count: occupants.len(),
-                        occupants,
-                    },
-                )
-                .in_room(room.id.clone())
-                .by_player(self.me().clone()),
-            )
-            .await;
-    }
-
     /// Tells the room the player arrived in the game (login) or left it (disconnect).
     pub async fn announce_presence(&self, room: &RoomId, entered: bool) {
         let name = self.my_name();
@@ -280,7 +257,7 @@ impl Session<'_> {
             .await;
 
         // Stored before the mover hears of it, so an answered move survives a crash.
-        if let Err(error) = self.app.accounts.set_room(self.me(), &to.id).await {
+        if let Err(error) = self.app.room_writer.store(self.me(), &to.id).await {
             tracing::error!(%error, "could not store the player's room");
         }
         let occupants = self.occupants(&to.id);
@@ -365,6 +342,32 @@ impl Session<'_> {
     fn occupants(&self, room: &RoomId) -> Vec<String> {
         self.app.manager.occupants(room)
     }
+}
+
+/// The first frame of a connection: who you are, where, and who is here (you included).
+/// It is the connection's direct frame number 1.
+pub fn game_state(
+    player: &PlayerId,
+    name: &PlayerName,
+    room: &Room,
+    occupants: Vec<String>,
+) -> bytes::Bytes {
+    Envelope::new(
+        EventType::GameState,
+        GameStateData {
+            player: PlayerInfo {
+                id: player.clone(),
+                name: name.to_string(),
+            },
+            room: room.view(),
+            occupant_count: occupants.len(),
+            occupants,
+        },
+    )
+    .in_room(room.id.clone())
+    .by_player(player.clone())
+    .with_sequence(1)
+    .to_bytes()
 }
 
 fn presence(

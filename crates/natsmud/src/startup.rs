@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Passwords, Tokens, load_or_create_secret};
 use crate::config::{Config, Secret};
-use crate::db::Accounts;
+use crate::db::{Accounts, RoomWriter};
 use crate::limits::AuthLimiter;
 use crate::realtime::nats_handler::NatsMessageHandler;
 use crate::realtime::{CloseReason, ConnectionManager, EventPublisher};
@@ -26,11 +26,14 @@ pub struct AppInner {
     pub config: Config,
     pub world: Arc<World>,
     pub accounts: Accounts,
+    pub room_writer: RoomWriter,
     pub passwords: Passwords,
     pub tokens: Tokens,
     pub manager: Arc<ConnectionManager>,
     pub publisher: Arc<EventPublisher>,
     pub auth_limiter: AuthLimiter,
+    /// Every connection's tasks, so shutdown can wait for them to finish.
+    pub connections: tokio_util::task::TaskTracker,
     pub started: Instant,
 }
 
@@ -106,12 +109,14 @@ pub async fn run(
     let state = AppState(Arc::new(AppInner {
         config,
         world,
+        room_writer: RoomWriter::spawn(accounts.clone()),
         accounts,
         passwords,
         tokens,
         manager: manager.clone(),
         publisher: publisher.clone(),
         auth_limiter,
+        connections: tokio_util::task::TaskTracker::new(),
         started: Instant::now(),
     }));
 
@@ -148,9 +153,16 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     manager.close_all(CloseReason::SHUTDOWN);
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while manager.connected_count() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Each connection answers what it has read, writes its queue and its close frame.
+    state.connections.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, state.connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = manager.connected_count(),
+            "some connections did not close in time"
+        );
     }
     // Every disconnect has published its `player_left_game`; push them out before going.
     state.publisher.flush().await;

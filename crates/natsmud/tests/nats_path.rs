@@ -99,7 +99,7 @@ async fn a_subject_prefix_separates_worlds_on_one_nats() {
     );
 
     // The server's own events use the prefix too.
-    let mut listener = nats.subscribe("world1.chat.say.>").await.unwrap();
+    let mut listener = common::subscribe_ready(&nats, "world1.chat.say.>").await;
     nats.flush().await.unwrap();
     let reply = alice.ask("say prefixed").await;
     assert_eq!(reply.event_type, EventType::CommandResponse, "{reply:?}");

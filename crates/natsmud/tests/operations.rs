@@ -26,7 +26,7 @@ async fn sigterm_drains_players_tells_the_world_and_exits_zero() {
     players[0].expect(EventType::PlayerEnteredGame).await;
 
     let observer = async_nats::connect(&nats.url).await.unwrap();
-    let mut left = observer.subscribe("events.player_left.>").await.unwrap();
+    let mut left = common::subscribe_ready(&observer, "events.player_left.>").await;
     observer.flush().await.unwrap();
 
     let signalled = Instant::now();

@@ -385,10 +385,7 @@ async fn shutdown_under_load_answers_every_command_it_applied() {
     let mut app = TestApp::spawn().await;
     let alice = app.join("Alice").await;
     let observer = async_nats::connect(&app.nats.url).await.unwrap();
-    let mut says = observer
-        .subscribe(format!("chat.say.{}", alice.room))
-        .await
-        .unwrap();
+    let mut says = common::subscribe_ready(&observer, &format!("chat.say.{}", alice.room)).await;
     observer.flush().await.unwrap();
 
     let (mut sink, mut stream) = alice.socket.split();

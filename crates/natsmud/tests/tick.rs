@@ -75,7 +75,7 @@ async fn ticks_follow_the_wall_clock_grid() {
 async fn ticks_stop_at_shutdown() {
     let mut app = TestApp::spawn_with(|config| config.tick_interval_ms = 100).await;
     let nats = async_nats::connect(&app.nats.url).await.unwrap();
-    let mut ticks = nats.subscribe("events.game_tick").await.unwrap();
+    let mut ticks = common::subscribe_ready(&nats, "events.game_tick").await;
     nats.flush().await.unwrap();
     tokio::time::timeout(common::WAIT, futures::StreamExt::next(&mut ticks))
         .await

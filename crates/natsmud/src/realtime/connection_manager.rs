@@ -300,12 +300,17 @@ impl ConnectionManager {
 
     /// Registers a connection for `player` in `room`. A second connection of the same
     /// player replaces the first (closed with 4001) and keeps its room.
+    ///
+    /// `greeting` makes the connection's first frame (direct sequence 1) from the room and
+    /// its occupants; it is queued before the player joins the room, so no event can come
+    /// first.
     pub fn connect(
         &self,
         player: PlayerId,
         name: PlayerName,
         room: RoomId,
         transport: Transport,
+        greeting: impl FnOnce(&RoomId, Vec<String>) -> bytes::Bytes,
     ) -> Result<Connected, ManagerError> {
         let (tx, outbound) = mpsc::channel(self.queue_capacity);
         let (command_tx, commands) = mpsc::channel(COMMAND_QUEUE);
@@ -331,6 +336,23 @@ impl ConnectionManager {
             }
             None => (room, true),
         };
+        let mut occupants: Vec<String> = state
+            .rooms
+            .get(&room)
+            .map(|members| members.iter().map(|(_, m)| m.name.to_string()).collect())
+            .unwrap_or_default();
+        occupants.push(name.to_string());
+        occupants.sort_unstable_by_key(|n| n.to_ascii_lowercase());
+        let greeting = greeting(&room, occupants);
+        if !greeting.is_empty()
+            && let Ok(frame) = Frame::try_from(greeting)
+        {
+            // The queue is new and empty: this cannot be full.
+            let _ = tx.try_send(Queued {
+                frame,
+                since: Instant::now(),
+            });
+        }
         state.add_to_room(&room, &player, &member);
         state.by_name.insert(name.folded(), player.clone());
         state.players.insert(player.clone(), (member, room.clone()));
@@ -343,7 +365,7 @@ impl ConnectionManager {
                 transport,
                 kick,
                 tx,
-                direct_sequence: AtomicU64::new(0),
+                direct_sequence: AtomicU64::new(1),
             },
             outbound,
             commands,
@@ -566,10 +588,22 @@ mod tests {
     fn membership_has_no_ghosts() {
         let manager = ConnectionManager::new(4);
         let a = manager
-            .connect(id("a"), name("Alice"), room("r1"), Transport::WebSocket)
+            .connect(
+                id("a"),
+                name("Alice"),
+                room("r1"),
+                Transport::WebSocket,
+                |_, _| bytes::Bytes::new(),
+            )
             .unwrap_or_else(|e| panic!("{e}"));
         let _b = manager
-            .connect(id("b"), name("Bob"), room("r1"), Transport::WebSocket)
+            .connect(
+                id("b"),
+                name("Bob"),
+                room("r1"),
+                Transport::WebSocket,
+                |_, _| bytes::Bytes::new(),
+            )
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(manager.occupants(&room("r1")), vec!["Alice", "Bob"]);
         assert_eq!(
@@ -580,7 +614,13 @@ mod tests {
         assert_eq!(manager.occupants(&room("r2")), vec!["Alice"]);
         // A replacing login keeps the room and closes the old connection.
         let a2 = manager
-            .connect(id("a"), name("Alice"), room("r1"), Transport::WebSocket)
+            .connect(
+                id("a"),
+                name("Alice"),
+                room("r1"),
+                Transport::WebSocket,
+                |_, _| bytes::Bytes::new(),
+            )
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a2.room, room("r2"));
         assert!(!a2.entered_game);
@@ -602,10 +642,22 @@ mod tests {
     fn full_queue_closes_only_that_connection() {
         let manager = ConnectionManager::new(2);
         let slow = manager
-            .connect(id("s"), name("Slow"), room("r"), Transport::WebSocket)
+            .connect(
+                id("s"),
+                name("Slow"),
+                room("r"),
+                Transport::WebSocket,
+                |_, _| bytes::Bytes::new(),
+            )
             .unwrap_or_else(|e| panic!("{e}"));
         let mut fast = manager
-            .connect(id("f"), name("Fast"), room("r"), Transport::WebSocket)
+            .connect(
+                id("f"),
+                name("Fast"),
+                room("r"),
+                Transport::WebSocket,
+                |_, _| bytes::Bytes::new(),
+            )
             .unwrap_or_else(|e| panic!("{e}"));
         for i in 0..3 {
             let frame = Frame::from(format!("{{\"n\":{i}}}"));
@@ -620,10 +672,22 @@ mod tests {
     fn actor_is_skipped() {
         let manager = ConnectionManager::new(4);
         let mut a = manager
-            .connect(id("a"), name("Alice"), room("r"), Transport::WebSocket)
+            .connect(
+                id("a"),
+                name("Alice"),
+                room("r"),
+                Transport::WebSocket,
+                |_, _| bytes::Bytes::new(),
+            )
             .unwrap_or_else(|e| panic!("{e}"));
         let mut b = manager
-            .connect(id("b"), name("Bob"), room("r"), Transport::WebSocket)
+            .connect(
+                id("b"),
+                name("Bob"),
+                room("r"),
+                Transport::WebSocket,
+                |_, _| bytes::Bytes::new(),
+            )
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             manager.deliver_room("r", Some("a"), &Frame::from("{}"), Instant::now()),

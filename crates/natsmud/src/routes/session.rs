@@ -2,11 +2,11 @@
 //! ConnectionManager, send `game_state`, announce `player_entered_game`), run client
 //! messages in order, detach (remove, announce `player_left_game`).
 
-use natsmud_protocol::{ClientMessage, ErrorCode, ProtocolError};
+use natsmud_protocol::{ClientMessage, ErrorCode, ProtocolError, RoomId};
 use tokio::sync::mpsc;
 
 use crate::db::Account;
-use crate::game::{Flow, Session};
+use crate::game::{self, Flow, Session};
 use crate::limits::{CommandLimiter, Verdict};
 use crate::realtime::connection_manager::{
     CloseReason, ConnectionHandle, ManagerError, Queued, Transport,
@@ -33,9 +33,19 @@ pub async fn attach(
         .unwrap_or_else(|| app.world.start())
         .id
         .clone();
-    let connected =
-        app.manager
-            .connect(account.id.clone(), account.name.clone(), wanted, transport)?;
+    let world = &app.world;
+    let greeting = |room: &RoomId, occupants: Vec<String>| {
+        // The manager only ever holds rooms of this world.
+        let room = world.room(room.as_str()).unwrap_or_else(|| world.start());
+        game::game_state(&account.id, &account.name, room, occupants)
+    };
+    let connected = app.manager.connect(
+        account.id.clone(),
+        account.name.clone(),
+        wanted,
+        transport,
+        greeting,
+    )?;
     metrics::gauge!(telemetry::CONNECTIONS, "transport" => transport.as_str()).increment(1.0);
     tracing::info!(
         entered_game = connected.entered_game,
@@ -52,14 +62,8 @@ pub async fn attach(
         app,
         conn: &attached.conn,
     };
-    // The manager only ever holds rooms of this world (it was given one just above).
-    let room = app
-        .world
-        .room(connected.room.as_str())
-        .unwrap_or_else(|| app.world.start());
-    session.send_game_state(room).await;
     if connected.entered_game {
-        session.announce_presence(&room.id, true).await;
+        session.announce_presence(&connected.room, true).await;
     }
     Ok(attached)
 }

@@ -51,8 +51,10 @@ pub async fn events(
     let kick = conn.kick.clone();
     // The connection's command loop: runs submitted messages in order until the stream
     // ends (the client went away, or the server closed it), then detaches the player.
+    let alive = app.connections.token();
     tokio::spawn(
         async move {
+            let _alive = alive;
             loop {
                 tokio::select! {
                     biased;

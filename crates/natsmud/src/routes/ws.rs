@@ -88,6 +88,7 @@ pub async fn authenticate(app: &AppState, token: Option<&str>) -> Result<Account
 }
 
 async fn run_connection(app: AppState, mut socket: WebSocket, account: Account) {
+    let _alive = app.connections.token();
     let attached = match session::attach(&app, &account, Transport::WebSocket).await {
         Ok(attached) => attached,
         Err(_) => {

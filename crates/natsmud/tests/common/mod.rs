@@ -439,7 +439,7 @@ impl TestApp {
 
 /// The real `natsmud` binary on a free port; returns it and its address, read from the
 /// "natsmud serving" log line.
-pub fn spawn_binary(nats_url: &str, data_dir: &Path, extra: &[&str]) -> (Child, String) {
+pub fn spawn_binary(nats_url: &str, data_dir: &Path, extra: &[&str]) -> (KillOnDrop, String) {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_natsmud"))
         .args([
@@ -471,10 +471,38 @@ pub fn spawn_binary(nats_url: &str, data_dir: &Path, extra: &[&str]) -> (Child, 
             }
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the server logs its address");
+    let mut child = KillOnDrop(child);
+    let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(addr) => addr,
+        Err(_) => {
+            let _ = child.0.kill();
+            panic!("the server did not log its address");
+        }
+    };
     (child, addr)
+}
+
+/// A child process that is killed when the test ends, even by a panic.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Registers over HTTP at `addr` (for servers not started as a [`TestApp`]).
@@ -501,5 +529,37 @@ pub async fn connect_at(addr: &str, account: &Account) -> Player {
         id: account.player_id.clone(),
         room: String::new(),
         socket,
+    }
+}
+
+/// The payload of [`subscribe_ready`]'s probe; natsmud drops it as malformed.
+pub const PROBE: &[u8] = b"natsmud-test-probe";
+
+/// Subscribes and returns once the NATS server has registered the subscription: the
+/// client's `flush` only writes the SUB out, so a message published right after it from
+/// another connection could still miss it. A probe published from this same connection
+/// comes back only after the SUB took effect.
+pub async fn subscribe_ready(client: &async_nats::Client, subject: &str) -> async_nats::Subscriber {
+    let mut subscriber = client.subscribe(subject.to_owned()).await.unwrap();
+    let probe_subject: String = subject
+        .split('.')
+        .map(|token| {
+            if token == ">" || token == "*" {
+                "probe"
+            } else {
+                token
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".");
+    client.publish(probe_subject, PROBE.into()).await.unwrap();
+    loop {
+        let message = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut subscriber))
+            .await
+            .expect("the probe comes back")
+            .expect("the subscription is open");
+        if message.payload.as_ref() == PROBE {
+            return subscriber;
+        }
     }
 }
