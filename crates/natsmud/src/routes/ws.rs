@@ -30,7 +30,7 @@ use crate::realtime::connection_manager::{CloseReason, ConnectionHandle, Kick, Q
 use crate::startup::AppState;
 use crate::telemetry;
 
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 1024;
 const WRITE_BUFFER: usize = 16 * 1024;
 
 /// Bound on how long a closing connection may spend writing its last frames: long enough
