@@ -255,16 +255,7 @@ impl TestApp {
     }
 
     pub async fn connect(&self, account: &Account) -> Player {
-        let url = format!("ws://{}/api/ws?token={}", self.addr, account.access_token);
-        let (socket, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("websocket connects");
-        Player {
-            name: account.player_name.clone(),
-            id: account.player_id.clone(),
-            room: String::new(),
-            socket,
-        }
+        connect_at(&self.addr.to_string(), account).await
     }
 }
 
