@@ -6,10 +6,13 @@
 //! - `scenario`: the same from scratch — fresh nats-server, fresh natsmud node(s), fresh
 //!   data — and everything stopped at the end.
 //! - `report`: docs/benchmarks.md and its plots from scenario results.
+//! - `floor`: the kernel's own cost of a fan-out here (no natsmud involved): the lower
+//!   bound the figures are compared with.
 //! - `worker` (internal): one load-generator process of a run.
 
 mod analysis;
 mod clock;
+mod floor;
 mod load;
 mod players;
 mod procs;
@@ -64,6 +67,9 @@ enum Cmd {
     Scenario(ScenarioArgs),
     /// Write the benchmark report (markdown and PNG plots) from scenario results.
     Report(report::ReportArgs),
+    /// Measure the kernel's own cost of a fan-out: one frame written to each of N
+    /// loopback sockets and read back, with no server in between.
+    Floor(floor::FloorArgs),
     /// One load-generator process (started by `run`, `idle` and `scenario`).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
@@ -219,6 +225,8 @@ async fn run(cli: Cli) -> Result<()> {
             finish(result, outcome, &args.out)
         }
         Cmd::Report(args) => report::write(&args),
+        // Plain threads and blocking sockets: off the runtime's workers.
+        Cmd::Floor(args) => tokio::task::spawn_blocking(move || floor::run(&args)).await?,
         Cmd::Worker(args) => {
             worker::run(args).await?;
             // Done and written: leave at once rather than wait for the stdin watcher.

@@ -169,10 +169,13 @@ async fn read_loop(
     } = inputs;
     let kick = &conn.kick;
     let max_frame = app.config.max_frame_bytes as usize;
+    // One waiter for the whole connection: a new one per message costs a lock each time.
+    let closed = kick.closed();
+    tokio::pin!(closed);
     loop {
         let message = tokio::select! {
             biased;
-            _ = kick.closed() => return,
+            _ = &mut closed => return,
             submitted = commands.recv() => {
                 if let Some(message) = submitted {
                     session::handle(app, conn, limiter, Ok(message)).await;
@@ -239,12 +242,13 @@ async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
     outbound: &mut mpsc::Receiver<Queued>,
     first: Queued,
+    delivery_seconds: &metrics::Histogram,
 ) -> Result<(), axum::Error> {
     let mut next = Some(first);
     let mut written = 0;
     while let Some(Queued { frame, since }) = next.take() {
         sink.feed(Message::Text(frame)).await?;
-        metrics::histogram!(telemetry::DELIVERY_SECONDS).record(since.elapsed().as_secs_f64());
+        delivery_seconds.record(since.elapsed().as_secs_f64());
         written += 1;
         if written < WRITE_BATCH {
             next = outbound.try_recv().ok();
@@ -278,17 +282,22 @@ async fn write_loop(writer: Writer) {
     let mut ping = tokio::time::interval(ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
+    // Looked up once: the registry lookup behind the macro costs more than the recording.
+    let delivery_seconds = metrics::histogram!(telemetry::DELIVERY_SECONDS);
+    // One waiter for the whole connection: a new one per wake-up costs a lock each time.
+    let closed = kick.closed();
+    tokio::pin!(closed);
     loop {
         tokio::select! {
             biased;
-            _ = kick.closed() => break,
+            _ = &mut closed => break,
             queued = outbound.recv() => {
                 let Some(first) = queued else { break };
                 // A peer that stops reading blocks this send; a kick must still end it.
                 let sent = tokio::select! {
                     biased;
-                    _ = kick.closed() => break,
-                    sent = write_batch(&mut sink, &mut outbound, first) => sent,
+                    _ = &mut closed => break,
+                    sent = write_batch(&mut sink, &mut outbound, first, &delivery_seconds) => sent,
                 };
                 if sent.is_err() {
                     kick.close(CloseReason::NORMAL);
