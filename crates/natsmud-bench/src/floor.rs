@@ -9,15 +9,17 @@
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use crate::clock::now_us;
+use crate::provenance::Provenance;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FloorArgs {
@@ -31,22 +33,42 @@ pub struct FloorArgs {
     #[arg(long, default_value_t = 160)]
     pub frame_bytes: usize,
     /// Sender threads, each writing to its share of the sockets.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 2)]
     pub senders: usize,
+    /// Also write the results here (JSON), for the report.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
-#[derive(Debug, Serialize)]
-struct Round {
-    sockets: usize,
-    senders: usize,
+/// What `floor --out` writes and the report reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FloorResult {
+    pub provenance: Provenance,
+    pub sockets: usize,
+    pub senders: usize,
+    pub frame_bytes: usize,
+    pub rounds: Vec<Round>,
+}
+
+impl FloorResult {
+    /// The median round by p99 (rounds vary with what else the machine does).
+    pub fn median(&self) -> Option<&Round> {
+        let mut by_p99: Vec<&Round> = self.rounds.iter().collect();
+        by_p99.sort_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
+        by_p99.get(by_p99.len() / 2).copied()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Round {
     /// Receipt time after the round started, over all sockets.
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
     /// CPU time of the sender threads per frame sent.
-    send_cpu_us: f64,
+    pub send_cpu_us: f64,
     /// CPU time of the whole process (senders and receiver) per frame delivered.
-    total_cpu_us: f64,
+    pub total_cpu_us: f64,
 }
 
 pub fn run(args: &FloorArgs) -> Result<()> {
@@ -135,8 +157,6 @@ pub fn run(args: &FloorArgs) -> Result<()> {
             latencies[index - 1] as f64 / 1000.0
         };
         let result = Round {
-            sockets: args.sockets,
-            senders: args.senders,
             p50_ms: at(0.50),
             p99_ms: at(0.99),
             max_ms: at(1.0),
@@ -145,8 +165,8 @@ pub fn run(args: &FloorArgs) -> Result<()> {
         };
         eprintln!(
             "floor: round {round}: {} sockets, {} sender(s): receipt p50 {:.1} ms p99 {:.1} ms max {:.1} ms; CPU per delivery: send {:.2} µs, send+receive {:.2} µs",
-            result.sockets,
-            result.senders,
+            args.sockets,
+            args.senders,
             result.p50_ms,
             result.p99_ms,
             result.max_ms,
@@ -157,7 +177,21 @@ pub fn run(args: &FloorArgs) -> Result<()> {
         // Let the receiver settle back into epoll before the next round.
         std::thread::sleep(Duration::from_millis(200));
     }
-    println!("{}", serde_json::to_string_pretty(&results)?);
+    let result = FloorResult {
+        provenance: Provenance::here(),
+        sockets: args.sockets,
+        senders: args.senders,
+        frame_bytes: args.frame_bytes,
+        rounds: results,
+    };
+    let json = serde_json::to_string_pretty(&result)?;
+    if let Some(out) = &args.out {
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
+    }
+    println!("{json}");
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
 
 use crate::analysis::{Delivery, Latency};
+use crate::floor::FloorResult;
 use crate::load::Mode;
 use crate::procs::Usage;
 use crate::scenario::ScenarioResult;
@@ -29,6 +30,9 @@ pub struct ReportArgs {
     /// `name: reason`).
     #[arg(long = "missing")]
     pub missing: Vec<String>,
+    /// Results of `natsmud-bench floor` (JSON), reported as the kernel's lower bound.
+    #[arg(long)]
+    pub floor: Option<PathBuf>,
 }
 
 /// Thousands with commas: 20000 → "20,000".
@@ -191,13 +195,137 @@ pub fn write(args: &ReportArgs) -> Result<()> {
         }
     };
     let rel = relative_dir(&args.out, &args.plots);
-    let text = render(&results, &unreadable, args, &plots, &rel);
+    let floor = match &args.floor {
+        Some(path) => match std::fs::read(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| serde_json::from_slice::<FloorResult>(&b).map_err(Into::into))
+        {
+            Ok(floor) => Some(floor),
+            Err(e) => {
+                unreadable.push(format!("{}: {e}", path.display()));
+                None
+            }
+        },
+        None => None,
+    };
+    let mut text = render(&results, &unreadable, args, &plots, &rel);
+    if let Some(floor) = &floor {
+        text = insert_before(&text, "## Overview", &render_floor(floor, &results));
+    }
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&args.out, text).with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("bench: wrote {}", args.out.display());
     Ok(())
+}
+
+/// `section` placed before the first line that is `heading`, or at the end.
+fn insert_before(text: &str, heading: &str, section: &str) -> String {
+    match text.find(&format!("\n{heading}\n")) {
+        Some(at) => format!("{}\n{section}{}", &text[..at], &text[at..]),
+        None => format!("{text}\n{section}"),
+    }
+}
+
+/// The kernel's own cost of a fan-out, and what it implies for the fan-out targets.
+fn render_floor(floor: &FloorResult, results: &[ScenarioResult]) -> String {
+    let mut s = String::new();
+    let Some(median) = floor.median() else {
+        return s;
+    };
+    let cores = floor.provenance.machine.cpus.max(1) as f64;
+    let bound_ms = |players: u64| players as f64 * median.total_cpu_us / cores / 1000.0;
+    let _ = writeln!(
+        s,
+        "## The kernel's floor
+"
+    );
+    let _ = writeln!(
+        s,
+        "A tick (or a `global`) is one small frame written to every player's socket: one TCP \
+         `send` per recipient, whatever the server does around it. `{}` measures just that, with \
+         no natsmud, NATS, WebSocket or JSON in the way: {} loopback connections, {} sender \
+         thread(s) writing one {}-byte frame to each, and one receiver thread (a tokio task per \
+         socket, as in a load-generator worker) stamping each arrival. Median of {} rounds \
+         (commit `{}`, {}):\n",
+        floor.provenance.command,
+        thousands(floor.sockets as u64),
+        floor.senders,
+        floor.frame_bytes,
+        floor.rounds.len(),
+        floor.provenance.commit,
+        floor.provenance.date
+    );
+    let _ = writeln!(
+        s,
+        "| sockets | receipt p50 / p99 / max (ms) | CPU per delivery: send | send + receive |\n| --- | --- | --- | --- |"
+    );
+    let _ = writeln!(
+        s,
+        "| {} | {:.1} / {:.1} / {:.1} | {:.1} µs | {:.1} µs |\n",
+        thousands(floor.sockets as u64),
+        median.p50_ms,
+        median.p99_ms,
+        median.max_ms,
+        median.send_cpu_us,
+        median.total_cpu_us
+    );
+    let _ = write!(
+        s,
+        "Every delivery costs about {:.1} µs of CPU on this machine for the TCP send and a \
+         minimal receive alone. With {} cores shared by server and load generator, reaching N \
+         players takes at least N × {:.1} µs / {}: **{:.0} ms for 10,000, {:.0} ms for 20,000 \
+         and {:.0} ms for 100,000** — before natsmud parses, routes or frames anything, and \
+         before the load generator decodes what it gets. ",
+        median.total_cpu_us,
+        cores,
+        median.total_cpu_us,
+        cores,
+        bound_ms(10_000),
+        bound_ms(20_000),
+        bound_ms(100_000)
+    );
+    let below: Vec<&str> = [
+        (bound_ms(20_000) > 50.0, "the 50 ms tick target at 20k"),
+        (bound_ms(100_000) > 250.0, "the 250 ms tick target at 100k"),
+    ]
+    .into_iter()
+    .filter_map(|(below, what)| below.then_some(what))
+    .collect();
+    if !below.is_empty() {
+        let _ = write!(
+            s,
+            "So {} cannot be met on this machine with everything co-located. ",
+            below.join(" and ")
+        );
+    }
+    let _ = writeln!(s, "The scenarios' tick p99 against this floor:\n");
+    let _ = writeln!(
+        s,
+        "| scenario | tick p99 (ms) | kernel floor for that many players (ms) | ratio |\n| --- | --- | --- | --- |"
+    );
+    for r in results.iter().filter(|r| ok(r)) {
+        let Some(tick) = r
+            .outcome
+            .as_ref()
+            .and_then(|o| o.analysis.latency.get("tick"))
+            .filter(|t| t.count > 0)
+        else {
+            continue;
+        };
+        let bound = bound_ms(u64::from(r.players));
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.1}× |",
+            r.name,
+            tick.p99_ms,
+            bound,
+            tick.p99_ms / bound.max(0.001)
+        );
+    }
+    s.push('\n');
+    s
 }
 
 /// The plots directory as the report links it.

@@ -229,7 +229,8 @@ mod tests {
 
     /// More moves than one statement holds, with players moving twice in the batch.
     #[tokio::test]
-    async fn set_rooms_stores_the_last_room_of_each_player() -> Result<(), Box<dyn std::error::Error>> {
+    async fn set_rooms_stores_the_last_room_of_each_player()
+    -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let url = format!("sqlite://{}", dir.path().join("rooms.db").display());
         let accounts = Accounts::open(&url).await?;
@@ -247,7 +248,10 @@ mod tests {
             .map(|p| Ok((p.clone(), RoomId::parse("first")?)))
             .collect::<Result<_, IdError>>()?;
         moves.push((players[0].clone(), RoomId::parse("second")?));
-        moves.push((players[ROOMS_PER_STATEMENT].clone(), RoomId::parse("second")?));
+        moves.push((
+            players[ROOMS_PER_STATEMENT].clone(),
+            RoomId::parse("second")?,
+        ));
         accounts.set_rooms(&moves).await?;
 
         let room_of = async |id: &PlayerId| -> Result<Option<String>, DbError> {
@@ -259,8 +263,16 @@ mod tests {
         };
         assert_eq!(room_of(&players[0]).await?.as_deref(), Some("second"));
         assert_eq!(room_of(&players[1]).await?.as_deref(), Some("first"));
-        assert_eq!(room_of(&players[ROOMS_PER_STATEMENT]).await?.as_deref(), Some("second"));
-        assert_eq!(room_of(&players[ROOMS_PER_STATEMENT + 99]).await?.as_deref(), Some("first"));
+        assert_eq!(
+            room_of(&players[ROOMS_PER_STATEMENT]).await?.as_deref(),
+            Some("second")
+        );
+        assert_eq!(
+            room_of(&players[ROOMS_PER_STATEMENT + 99])
+                .await?
+                .as_deref(),
+            Some("first")
+        );
         Ok(())
     }
 }
