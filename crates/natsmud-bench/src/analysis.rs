@@ -8,7 +8,10 @@
 //! - Expected recipients come from a replay of every player's room over time (from the
 //!   rooms at the start and every move sent). A player who entered or left an event's room
 //!   within ±`boundary` of it is not checked for that event: which side of the race it ends
-//!   up on is legitimately either. Everything else must match exactly: a recipient expected
+//!   up on is legitimately either. "Within" compares spans, not instants: a move takes
+//!   effect somewhere between its sending and its answer, and an event is routed somewhere
+//!   between its sending and its last receipt (or its sender's answer), so under load, when
+//!   those spans reach seconds, the race window widens with them. Everything else must match exactly: a recipient expected
 //!   and not reached is *missing*, one reached and not expected is *extra*, one reached
 //!   twice is a *duplicate*.
 
@@ -41,7 +44,7 @@ pub struct Delivery {
     /// Events not checked (the speaker's room is unknown: it had disconnected).
     pub excluded: u64,
     /// Recipients not checked because they entered or left the event's room (or joined or
-    /// left the game) within ±boundary of it.
+    /// left the game) while it could have been routed, ±boundary.
     pub uncertain: u64,
     pub expected: u64,
     /// Distinct expected recipients reached.
@@ -132,15 +135,35 @@ const GLOBAL: u8 = 4;
 #[derive(Clone, Copy)]
 struct Move {
     sent_us: u64,
+    /// The latest it can have taken effect: its answer, or the end of the run.
+    done_us: u64,
     from: u32,
     to: u32,
     n: u32,
 }
 
 enum Step {
-    Move { actor: u32, m: Move },
-    Chat { kind: SentKind, actor: u32, n: u32 },
-    Close { player: u32 },
+    Move {
+        actor: u32,
+        m: Move,
+    },
+    Chat {
+        kind: SentKind,
+        actor: u32,
+        n: u32,
+        done_us: u64,
+    },
+    Close {
+        player: u32,
+    },
+}
+
+/// The latest a command can have taken effect: its answer, or (unanswered) the run's end.
+fn done_us(sent: &Sent, plan: &Plan) -> u64 {
+    match sent.outcome {
+        Outcome::Ok | Outcome::Error if sent.replied_us >= sent.sent_us => sent.replied_us,
+        _ => plan.stop_us.max(sent.sent_us),
+    }
 }
 
 pub fn analyse(input: &Inputs<'_>) -> Analysis {
@@ -167,6 +190,7 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
         if s.kind == SentKind::Move && s.outcome != Outcome::Error {
             moves[s.actor as usize].push(Move {
                 sent_us: s.sent_us,
+                done_us: done_us(s, &plan),
                 from: s.room,
                 to: s.to,
                 n: s.n,
@@ -196,6 +220,8 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
     let mut h_global = histogram();
     let mut h_tick = histogram();
     let mut received: HashMap<EventKey, Vec<u32>> = HashMap::new();
+    // The last receipt of each event: it was routed before then.
+    let mut last_receipt: HashMap<EventKey, u64> = HashMap::new();
     let mut tick_received: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
     for r in input.receipts {
@@ -225,6 +251,8 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
                                 .entry((tag, r.actor, m.n))
                                 .or_default()
                                 .push(r.recipient);
+                            let last = last_receipt.entry((tag, r.actor, m.n)).or_default();
+                            *last = (*last).max(r.recv_us);
                         }
                     }
                     None => {
@@ -246,6 +274,8 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
                         .entry((tag, r.actor, r.key))
                         .or_default()
                         .push(r.recipient);
+                    let last = last_receipt.entry((tag, r.actor, r.key)).or_default();
+                    *last = (*last).max(r.recv_us);
                 }
             }
             Kind::Tick => {
@@ -296,29 +326,29 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
             }
         }
     }
-    // When each room was touched by a move or a departure, and by whom.
-    let mut touches: HashMap<u32, Vec<(u64, u32)>> = HashMap::new();
+    // When each room was touched by a move or a departure (from, until), and by whom.
+    let mut touches: HashMap<u32, Vec<(u64, u64, u32)>> = HashMap::new();
     let mut steps: Vec<(u64, u8, Step)> = Vec::new();
+    // Every move, also those after the window: an event near its end is routed while
+    // they take effect.
     for (actor, list) in moves.iter().enumerate() {
         for m in list {
-            if m.sent_us <= plan.measure_until_us {
-                touches
-                    .entry(m.from)
-                    .or_default()
-                    .push((m.sent_us, actor as u32));
-                touches
-                    .entry(m.to)
-                    .or_default()
-                    .push((m.sent_us, actor as u32));
-                steps.push((
-                    m.sent_us,
-                    1,
-                    Step::Move {
-                        actor: actor as u32,
-                        m: *m,
-                    },
-                ));
-            }
+            touches
+                .entry(m.from)
+                .or_default()
+                .push((m.sent_us, m.done_us, actor as u32));
+            touches
+                .entry(m.to)
+                .or_default()
+                .push((m.sent_us, m.done_us, actor as u32));
+            steps.push((
+                m.sent_us,
+                1,
+                Step::Move {
+                    actor: actor as u32,
+                    m: *m,
+                },
+            ));
         }
     }
     for p in input.players {
@@ -329,7 +359,10 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
                 .find(|m| m.sent_us <= closed)
                 .map(|m| m.to)
                 .unwrap_or(p.room_at_start);
-            touches.entry(last_room).or_default().push((closed, p.idx));
+            touches
+                .entry(last_room)
+                .or_default()
+                .push((closed, closed, p.idx));
             steps.push((closed, 0, Step::Close { player: p.idx }));
         }
     }
@@ -342,26 +375,35 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
                     kind: s.kind,
                     actor: s.actor,
                     n: s.n,
+                    done_us: done_us(s, &plan),
                 },
             ));
         }
     }
-    for list in touches.values_mut() {
+    // Per room, touches by start, and the longest one (to bound the search below).
+    let mut longest: HashMap<u32, u64> = HashMap::new();
+    for (room, list) in touches.iter_mut() {
         list.sort_unstable();
+        let span = list.iter().map(|&(from, until, _)| until - from).max();
+        longest.insert(*room, span.unwrap_or(0));
     }
     steps.sort_by_key(|(t, order, _)| (*t, *order));
-    // Players who entered or left `room` within ±boundary of `t` (sorted): which side of
-    // the race they end up on is legitimately either, so they are neither expected nor
-    // counted for that event. The actor's own move is no race (it is the event, or was
-    // processed in order before the actor's `say`).
-    let uncertain_in = |room: u32, t: u64, actor: u32| -> Vec<u32> {
+    // Players who entered or left `room` while the event (sent at `from`, routed by
+    // `until`) could have been routed, ±boundary (sorted): which side of the race they end
+    // up on is legitimately either, so they are neither expected nor counted for that
+    // event. The actor's own move is no race (it is the event, or was processed in order
+    // before the actor's `say`).
+    let uncertain_in = |room: u32, from: u64, until: u64, actor: u32| -> Vec<u32> {
         let mut out: Vec<u32> = touches.get(&room).map_or_else(Vec::new, |list| {
-            let lo = list.partition_point(|&(x, _)| x < t.saturating_sub(boundary));
-            let hi = list.partition_point(|&(x, _)| x <= t + boundary);
+            let lo_t = from.saturating_sub(boundary);
+            let hi_t = until.max(from) + boundary;
+            let reach = longest.get(&room).copied().unwrap_or(0);
+            let lo = list.partition_point(|&(start, _, _)| start < lo_t.saturating_sub(reach));
+            let hi = list.partition_point(|&(start, _, _)| start <= hi_t);
             list[lo..hi]
                 .iter()
-                .map(|&(_, p)| p)
-                .filter(|&p| p != actor)
+                .filter(|&&(_, end, p)| end >= lo_t && p != actor)
+                .map(|&(_, _, p)| p)
                 .collect()
         });
         out.sort_unstable();
@@ -373,10 +415,10 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
     let check = |members: &HashMap<u32, Vec<u32>>,
                  d: &mut Delivery,
                  room: u32,
-                 t: u64,
+                 (from, until): (u64, u64),
                  actor: u32,
                  got: &[u32]| {
-        let uncertain = uncertain_in(room, t, actor);
+        let uncertain = uncertain_in(room, from, until, actor);
         let mut expected: Vec<u32> = members
             .get(&room)
             .map(|v| {
@@ -404,8 +446,10 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
                     ] {
                         let d = deliveries.entry(name).or_default();
                         d.events += 1;
-                        let got = received.get(&(tag, *actor, m.n)).unwrap_or(&empty);
-                        check(&members, d, room, *t, *actor, got);
+                        let key = (tag, *actor, m.n);
+                        let got = received.get(&key).unwrap_or(&empty);
+                        let last = last_receipt.get(&key).copied().unwrap_or(0);
+                        check(&members, d, room, (*t, m.done_us.max(last)), *actor, got);
                     }
                 }
                 let a = *actor as usize;
@@ -427,7 +471,12 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
                 }
                 room_of[a] = NO_ROOM;
             }
-            Step::Chat { kind, actor, n } => {
+            Step::Chat {
+                kind,
+                actor,
+                n,
+                done_us,
+            } => {
                 if *kind == SentKind::Say {
                     let d = deliveries.entry("say").or_default();
                     d.events += 1;
@@ -436,8 +485,10 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
                         d.excluded += 1;
                         continue;
                     }
-                    let got = received.get(&(SAY, *actor, *n)).unwrap_or(&empty);
-                    check(&members, d, room, *t, *actor, got);
+                    let key = (SAY, *actor, *n);
+                    let got = received.get(&key).unwrap_or(&empty);
+                    let last = last_receipt.get(&key).copied().unwrap_or(0);
+                    check(&members, d, room, (*t, (*done_us).max(last)), *actor, got);
                 } else {
                     let d = deliveries.entry("global").or_default();
                     d.events += 1;
@@ -587,6 +638,7 @@ mod tests {
             room,
             to,
             outcome: Outcome::Ok,
+            replied_us: at + 1000,
         }
     }
 
@@ -732,6 +784,32 @@ mod tests {
         );
         assert_eq!(a.deliveries["player_entered"].expected, 2);
         assert_eq!(a.totals().missing + a.totals().extra, 0, "{a:#?}");
+    }
+
+    /// Under load a move's effect can come seconds after it was sent: the race window is
+    /// the span from sending to answer, not a fixed ±boundary around the sending.
+    #[test]
+    fn a_slowly_answered_move_widens_the_race_window() {
+        let (players, mut sent, mut receipts) = scene();
+        // Player 2 says in room 20 three seconds before player 0's move is sent, but the
+        // say is answered (and heard) only five seconds later: player 0 may have arrived.
+        let said = T0 + 17 * S;
+        sent[2].sent_us = said;
+        sent[2].replied_us = said + 5 * S;
+        receipts[2].sent_us = said;
+        receipts[2].recv_us = said + 5 * S;
+        let a = run(&players, &sent, &receipts, 0);
+        let say = &a.deliveries["say"];
+        assert_eq!(
+            (say.uncertain, say.extra, say.missing),
+            (1, 0, 0),
+            "{say:?}"
+        );
+        // The same receipt with a prompt answer is a real extra delivery.
+        sent[2].replied_us = said + 1_000;
+        receipts[2].recv_us = said + 1_000;
+        let a = run(&players, &sent, &receipts, 0);
+        assert_eq!(a.deliveries["say"].extra, 1, "{:?}", a.deliveries["say"]);
     }
 
     #[test]

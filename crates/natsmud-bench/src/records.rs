@@ -169,6 +169,9 @@ pub struct Sent {
     /// For a move: the room it leads to.
     pub to: u32,
     pub outcome: Outcome,
+    /// When the server's answer arrived; 0 when none did.
+    #[serde(default)]
+    pub replied_us: u64,
 }
 
 /// One player's connection, as its worker saw it.

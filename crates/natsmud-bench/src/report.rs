@@ -816,7 +816,7 @@ fn scenario_section(s: &mut String, r: &ScenarioResult) {
     );
     let _ = writeln!(
         s,
-        "| expected vs received | events | checked | recipients not checked (entered/left within ±{} ms) | expected deliveries | received | missing | extra | duplicates |",
+        "| expected vs received | events | checked | recipients not checked (entered/left while it was routed, ±{} ms) | expected deliveries | received | missing | extra | duplicates |",
         r.load.boundary_ms
     );
     let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
@@ -918,14 +918,16 @@ count, and the generator keeps receiving for the drain time after it.\n\
 `game_state` rooms and every move sent) and computes, for each event sent in the window, who \
 should receive it: the other occupants of the room (presence, `say`), every connected player \
 (`global`, ticks). A player who entered or left the event's room (or joined or left the game) \
-within ±1 s of it is not checked for that event, either way: which side of such a race it lands \
-on is legitimately either (each room sees about one arrival and one departure a second under \
-this workload, so this leaves out roughly a third of the recipients). Everyone else must match \
-exactly: *missing* (expected, not received), *extra* (received, not expected), *duplicates* \
-(received twice). The mover's and the speaker's own commands are processed in order, so their \
-rooms are known exactly. Should room-event latencies approach a second (an overloaded run), \
-missing or extra deliveries can be such races rather than losses: compare with the p99.9 and \
-max latency (`--boundary-ms` widens the margin).\n\
+while the event could have been routed is not checked for that event, either way: which side of \
+such a race it lands on is legitimately either. The spans compared are the move's (sent → \
+answered: it took effect in between) and the event's (sent → its last receipt or its sender's \
+answer), each widened by ±1 s (`--boundary-ms`); at low load that is about ±1 s around the \
+event, and an overloaded run, whose commands take seconds, widens it by itself (each room sees \
+about one arrival and one departure a second under this workload, so this leaves out roughly a \
+third of the recipients, more under overload: the tables show how many). Everyone else must \
+match exactly: *missing* (expected, not received), *extra* (received, not expected), \
+*duplicates* (received twice). The mover's and the speaker's own commands are processed in \
+order, so their rooms are known exactly.\n\
 - **Checks on every frame.** Sequence numbers must increase strictly per stream (per room for \
 room events, the tick number for ticks, the connection's counter for direct replies, which must \
 also have no gaps); no player may receive an event whose actor it is.\n\

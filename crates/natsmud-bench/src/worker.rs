@@ -590,6 +590,7 @@ impl<'a> Player<'a> {
                     room: self.room,
                     to,
                     outcome: Outcome::Unconfirmed,
+                    replied_us: 0,
                 });
                 self.moves += 1;
                 self.pending.push_back(Pending::Move {
@@ -614,6 +615,7 @@ impl<'a> Player<'a> {
                     room: self.room,
                     to: NO_ROOM,
                     outcome: Outcome::Unconfirmed,
+                    replied_us: 0,
                 });
                 self.pending.push_back(Pending::Chat {
                     sent: self.out.sent.len() - 1,
@@ -652,9 +654,10 @@ impl<'a> Player<'a> {
         }
     }
 
-    fn settle(&mut self, sent: usize, outcome: Outcome) {
+    fn settle(&mut self, sent: usize, outcome: Outcome, replied_us: u64) {
         if let Some(s) = self.out.sent.get_mut(sent) {
             s.outcome = outcome;
+            s.replied_us = replied_us;
         }
     }
 
@@ -719,7 +722,7 @@ impl<'a> Player<'a> {
                         if room != Some(to) {
                             self.out.counters.room_mismatch += 1;
                         }
-                        self.settle(sent, Outcome::Ok);
+                        self.settle(sent, Outcome::Ok, recv_us);
                     }
                     Some(Pending::Walk) => {}
                     Some(other) => {
@@ -732,7 +735,7 @@ impl<'a> Player<'a> {
             EventType::CommandResponse => {
                 self.check_direct(seq);
                 match self.pending.pop_front() {
-                    Some(Pending::Chat { sent }) => self.settle(sent, Outcome::Ok),
+                    Some(Pending::Chat { sent }) => self.settle(sent, Outcome::Ok, recv_us),
                     Some(other) => {
                         self.out.counters.unexpected_replies += 1;
                         self.pending.push_front(other);
@@ -746,7 +749,7 @@ impl<'a> Player<'a> {
                 *self.out.counters.errors.entry(code).or_default() += 1;
                 match self.pending.pop_front() {
                     Some(Pending::Move { sent, .. } | Pending::Chat { sent }) => {
-                        self.settle(sent, Outcome::Error)
+                        self.settle(sent, Outcome::Error, recv_us)
                     }
                     Some(Pending::Walk) => {}
                     None => self.out.counters.unexpected_replies += 1,
