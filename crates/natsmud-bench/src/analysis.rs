@@ -812,6 +812,22 @@ mod tests {
         assert_eq!(a.deliveries["say"].extra, 1, "{:?}", a.deliveries["say"]);
     }
 
+    /// A move sent just after the window still races with an event routed at its end.
+    #[test]
+    fn moves_after_the_window_race_with_events_at_its_end() {
+        let (players, mut commands, mut receipts) = scene();
+        // Player 2 says in room 20 at the window's last moment and is answered 400 ms
+        // later; player 0 leaves room 20 at +100 ms, after the window, and does not hear it.
+        let said = plan().measure_until_us - 1;
+        commands[2].sent_us = said;
+        commands[2].replied_us = said + 400_000;
+        receipts.remove(2);
+        commands.push(sent(SentKind::Move, 0, 1, said + 100_000, 20, 10));
+        let a = run(&players, &commands, &receipts, 0);
+        let say = &a.deliveries["say"];
+        assert_eq!((say.uncertain, say.missing), (1, 0), "{say:?}");
+    }
+
     #[test]
     fn departed_players_are_not_expected() {
         let (mut players, sent, receipts) = scene();
