@@ -548,8 +548,10 @@ fn render(
              (no CAP_SYS_RESOURCE), so one process holds at most about 19,900 sockets. Scenarios \
              above {} players per process therefore run several natsmud nodes sharing one \
              nats-server and one data directory (only node 1 publishes the game tick; the others \
-             run with `--tick-interval-ms 0`; every event reaches every node through NATS), and \
-             several load-generator processes. Each scenario says how many.\n",
+             run with `--tick-interval-ms 0`; every event reaches every node through NATS; each \
+             node runs 3 worker threads, `--worker-threads 3`, which measured better than one \
+             per core for co-located nodes: see docs/performance.md), and several \
+             load-generator processes. Each scenario says how many.\n",
             m.open_files_limit.map_or("unknown".into(), thousands),
             thousands(u64::from(r.load.per_process))
         );

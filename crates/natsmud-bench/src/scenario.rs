@@ -28,6 +28,13 @@ pub const SERVER_FLAGS: &[(&str, &str)] = &[
     ("--log", "warn"),
 ];
 
+/// Worker threads of each node when several nodes share the machine. With one per core
+/// (2), a node whose workers are both busy with a tick's fan-out picks up new events only
+/// between tasks, behind the fan-out; with 3, one of them is usually parked in the I/O
+/// driver and answers at once. Measured (active-10000, 2 nodes; active-20000, 3 nodes) in
+/// docs/performance.md. A single node keeps the default (one per core).
+pub const SHARED_MACHINE_FLAGS: &[(&str, &str)] = &[("--worker-threads", "3")];
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScenarioArgs {
     /// Name in the report, e.g. `active-1000` (default: mode-players).
@@ -116,7 +123,7 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-async fn supported_flags(natsmud: &Path) -> Result<(Vec<String>, Vec<String>)> {
+async fn supported_flags(natsmud: &Path, nodes: usize) -> Result<(Vec<String>, Vec<String>)> {
     let help = Command::new(natsmud)
         .arg("--help")
         .output()
@@ -125,7 +132,8 @@ async fn supported_flags(natsmud: &Path) -> Result<(Vec<String>, Vec<String>)> {
     let text = String::from_utf8_lossy(&help.stdout);
     let mut have = Vec::new();
     let mut missing = Vec::new();
-    for (flag, value) in SERVER_FLAGS {
+    let shared: &[(&str, &str)] = if nodes > 1 { SHARED_MACHINE_FLAGS } else { &[] };
+    for (flag, value) in SERVER_FLAGS.iter().chain(shared) {
         let listed = text
             .split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[')
             .any(|w| w == *flag);
@@ -217,7 +225,7 @@ pub async fn run(args: &ScenarioArgs, result: &mut ScenarioResult) -> Result<()>
         .await
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    let (flags, missing) = supported_flags(&args.natsmud).await?;
+    let (flags, missing) = supported_flags(&args.natsmud, result.nodes).await?;
     result.server_flags = flags.clone();
     result.server_flags.extend(args.server_args.iter().cloned());
     result.server_flags_missing = missing;

@@ -143,6 +143,13 @@ pub struct Config {
     #[arg(long, env = "NATSMUD_HASHING_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub hashing_concurrency: u32,
 
+    /// Threads running connections and events. 0: one per CPU core. Several nodes sharing
+    /// one machine each do better with more than their share of the cores (see
+    /// docs/performance.md): a worker parked in the I/O driver answers new events at once
+    /// while the others are busy with a large fan-out.
+    #[arg(long, env = "NATSMUD_WORKER_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub worker_threads: u32,
+
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `natsmud=debug`.
     #[arg(long, env = "NATSMUD_LOG", default_value = "info")]
     pub log: String,

@@ -1,7 +1,6 @@
 use natsmud::Config;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let config = match Config::load() {
         Ok(config) => config,
         Err(error) => {
@@ -10,7 +9,19 @@ async fn main() -> std::process::ExitCode {
         }
     };
     natsmud::telemetry::init_logging(&config.log, config.log_json);
-    match serve(config).await {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads as usize);
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("natsmud: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("natsmud: {error:#}");
