@@ -33,7 +33,7 @@ pub const SERVER_FLAGS: &[(&str, &str)] = &[
 /// between tasks, behind the fan-out; with 3, one of them is usually parked in the I/O
 /// driver and answers at once. Measured (active-10000, 2 nodes; active-20000, 3 nodes) in
 /// docs/performance.md. A single node keeps the default (one per core).
-pub const SHARED_MACHINE_FLAGS: &[(&str, &str)] = &[("--worker-threads", "3")];
+pub const SHARED_MACHINE_WORKER_THREADS: u32 = 3;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScenarioArgs {
@@ -60,6 +60,10 @@ pub struct ScenarioArgs {
     /// Marks the results as a short smoke run.
     #[arg(long)]
     pub quick: bool,
+    /// Worker threads per node (`natsmud --worker-threads`; 0: natsmud's default, one per
+    /// core). Default: 3 when several nodes share the machine, else natsmud's default.
+    #[arg(long)]
+    pub node_worker_threads: Option<u32>,
     /// Extra flag for every node (repeatable), e.g. `--server-arg=--outbound-queue=512`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
@@ -123,7 +127,10 @@ fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-async fn supported_flags(natsmud: &Path, nodes: usize) -> Result<(Vec<String>, Vec<String>)> {
+async fn supported_flags(
+    natsmud: &Path,
+    worker_threads: u32,
+) -> Result<(Vec<String>, Vec<String>)> {
     let help = Command::new(natsmud)
         .arg("--help")
         .output()
@@ -132,8 +139,10 @@ async fn supported_flags(natsmud: &Path, nodes: usize) -> Result<(Vec<String>, V
     let text = String::from_utf8_lossy(&help.stdout);
     let mut have = Vec::new();
     let mut missing = Vec::new();
-    let shared: &[(&str, &str)] = if nodes > 1 { SHARED_MACHINE_FLAGS } else { &[] };
-    for (flag, value) in SERVER_FLAGS.iter().chain(shared) {
+    let threads = worker_threads.to_string();
+    let runtime = [("--worker-threads", threads.as_str())];
+    let runtime: &[(&str, &str)] = if worker_threads > 0 { &runtime } else { &[] };
+    for (flag, value) in SERVER_FLAGS.iter().chain(runtime) {
         let listed = text
             .split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[')
             .any(|w| w == *flag);
@@ -225,7 +234,12 @@ pub async fn run(args: &ScenarioArgs, result: &mut ScenarioResult) -> Result<()>
         .await
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    let (flags, missing) = supported_flags(&args.natsmud, result.nodes).await?;
+    let worker_threads = args.node_worker_threads.unwrap_or(if result.nodes > 1 {
+        SHARED_MACHINE_WORKER_THREADS
+    } else {
+        0
+    });
+    let (flags, missing) = supported_flags(&args.natsmud, worker_threads).await?;
     result.server_flags = flags.clone();
     result.server_flags.extend(args.server_args.iter().cloned());
     result.server_flags_missing = missing;
