@@ -44,13 +44,27 @@ fn run(program: &str, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// `git rev-parse --short HEAD`, with `-dirty` when tracked files differ from it.
+/// `git rev-parse --short HEAD`, with `-dirty` when tracked files differ from it — other
+/// than the benchmark's own results and screenshots, which a run rewrites (scripts/bench
+/// clears the old results first).
 pub fn commit() -> String {
     let Some(hash) = run("git", &["rev-parse", "--short", "HEAD"]) else {
         return "unknown".to_owned();
     };
-    let dirty = run("git", &["status", "--porcelain", "--untracked-files=no"])
-        .is_some_and(|s| !s.is_empty());
+    let dirty = run(
+        "git",
+        &[
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)docs/bench",
+            ":(exclude)docs/benchmarks.md",
+            ":(exclude)docs/screenshots",
+        ],
+    )
+    .is_some_and(|s| !s.is_empty());
     if dirty { format!("{hash}-dirty") } else { hash }
 }
 
