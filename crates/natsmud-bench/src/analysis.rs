@@ -158,11 +158,16 @@ enum Step {
     },
 }
 
-/// The latest a command can have taken effect: its answer, or (unanswered) the run's end.
-fn done_us(sent: &Sent, plan: &Plan) -> u64 {
+/// The latest a command can have taken effect: its answer; unanswered, the end of its
+/// player's connection (or of the run). An answer without a time (records of an older
+/// generator) counts as immediate, as the checker used to assume, rather than as open-ended:
+/// an open span would leave everyone near it unchecked and hide real losses.
+fn done_us(sent: &Sent, plan: &Plan, closed_us: Option<u64>) -> u64 {
+    let open_until = closed_us.unwrap_or(plan.stop_us).min(plan.stop_us);
     match sent.outcome {
         Outcome::Ok | Outcome::Error if sent.replied_us >= sent.sent_us => sent.replied_us,
-        _ => plan.stop_us.max(sent.sent_us),
+        Outcome::Ok | Outcome::Error => sent.sent_us,
+        Outcome::Unconfirmed => open_until.max(sent.sent_us),
     }
 }
 
@@ -184,13 +189,17 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
         .max()
         .unwrap_or(0);
 
+    let mut closed_at: Vec<Option<u64>> = vec![None; size];
+    for p in input.players {
+        closed_at[p.idx as usize] = p.closed_us;
+    }
     // Moves that happened, per actor, in time order.
     let mut moves: Vec<Vec<Move>> = vec![Vec::new(); size];
     for s in input.sent {
         if s.kind == SentKind::Move && s.outcome != Outcome::Error {
             moves[s.actor as usize].push(Move {
                 sent_us: s.sent_us,
-                done_us: done_us(s, &plan),
+                done_us: done_us(s, &plan, closed_at[s.actor as usize]),
                 from: s.room,
                 to: s.to,
                 n: s.n,
@@ -375,7 +384,7 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
                     kind: s.kind,
                     actor: s.actor,
                     n: s.n,
-                    done_us: done_us(s, &plan),
+                    done_us: done_us(s, &plan, closed_at[s.actor as usize]),
                 },
             ));
         }
@@ -786,10 +795,10 @@ mod tests {
         assert_eq!(a.totals().missing + a.totals().extra, 0, "{a:#?}");
     }
 
-    /// Under load a move's effect can come seconds after it was sent: the race window is
-    /// the span from sending to answer, not a fixed ±boundary around the sending.
+    /// Under load an event can be routed seconds after it was sent: its race window runs
+    /// from its sending to its answer (or last receipt), not a fixed ±boundary.
     #[test]
-    fn a_slowly_answered_move_widens_the_race_window() {
+    fn a_slowly_answered_say_widens_the_race_window() {
         let (players, mut sent, mut receipts) = scene();
         // Player 2 says in room 20 three seconds before player 0's move is sent, but the
         // say is answered (and heard) only five seconds later: player 0 may have arrived.
@@ -810,6 +819,40 @@ mod tests {
         receipts[2].recv_us = said + 1_000;
         let a = run(&players, &sent, &receipts, 0);
         assert_eq!(a.deliveries["say"].extra, 1, "{:?}", a.deliveries["say"]);
+    }
+
+    /// A move can take effect seconds after it was sent: until its answer, it races with
+    /// every event routed meanwhile.
+    #[test]
+    fn a_slowly_answered_move_widens_the_race_window() {
+        let (players, mut commands, mut receipts) = scene();
+        // Player 0's move 10 → 20 is sent at +20 s but answered only at +25 s; player 2
+        // says in room 20 at +23 s, answered at once, and player 0 does not hear it.
+        commands[0].replied_us = T0 + 25 * S;
+        let said = T0 + 23 * S;
+        commands[2].sent_us = said;
+        commands[2].replied_us = said + 1_000;
+        receipts.remove(2);
+        let a = run(&players, &commands, &receipts, 0);
+        let say = &a.deliveries["say"];
+        assert_eq!((say.uncertain, say.missing), (1, 0), "{say:?}");
+        // Answered at once, the move is done by +23 s: player 0 should have heard it.
+        commands[0].replied_us = commands[0].sent_us + 1_000;
+        let a = run(&players, &commands, &receipts, 0);
+        assert_eq!(a.deliveries["say"].missing, 1, "{:?}", a.deliveries["say"]);
+    }
+
+    /// An answer without a time is taken as immediate, not as open until the run's end.
+    #[test]
+    fn an_answer_without_a_time_does_not_hide_losses() {
+        let (players, mut commands, mut receipts) = scene();
+        commands[0].replied_us = 0;
+        let said = T0 + 23 * S;
+        commands[2].sent_us = said;
+        commands[2].replied_us = said + 1_000;
+        receipts.remove(2);
+        let a = run(&players, &commands, &receipts, 0);
+        assert_eq!(a.deliveries["say"].missing, 1, "{:?}", a.deliveries["say"]);
     }
 
     /// A move sent just after the window still races with an event routed at its end.

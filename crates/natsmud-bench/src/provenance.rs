@@ -58,10 +58,10 @@ pub fn commit() -> String {
             "--porcelain",
             "--untracked-files=no",
             "--",
-            ".",
-            ":(exclude)docs/bench",
-            ":(exclude)docs/benchmarks.md",
-            ":(exclude)docs/screenshots",
+            ":(top)",
+            ":(top,exclude)docs/bench",
+            ":(top,exclude)docs/benchmarks.md",
+            ":(top,exclude)docs/screenshots",
         ],
     )
     .is_some_and(|s| !s.is_empty());

@@ -548,12 +548,11 @@ fn render(
              (no CAP_SYS_RESOURCE), so one process holds at most about 19,900 sockets. Scenarios \
              above {} players per process therefore run several natsmud nodes sharing one \
              nats-server and one data directory (only node 1 publishes the game tick; the others \
-             run with `--tick-interval-ms 0`; every event reaches every node through NATS; each \
-             node runs 3 worker threads, `--worker-threads 3`, which measured better than one \
-             per core for co-located nodes: see docs/performance.md), and several \
-             load-generator processes. Each scenario says how many.\n",
+             run with `--tick-interval-ms 0`; every event reaches every node through NATS{}), \
+             and several load-generator processes. Each scenario says how many.\n",
             m.open_files_limit.map_or("unknown".into(), thousands),
-            thousands(u64::from(r.load.per_process))
+            thousands(u64::from(r.load.per_process)),
+            worker_threads_note(results)
         );
     }
     for u in unreadable {
@@ -902,6 +901,25 @@ fn scenario_section(s: &mut String, r: &ScenarioResult) {
     }
 }
 
+/// How many worker threads the co-located nodes ran, from their flags.
+fn worker_threads_note(results: &[ScenarioResult]) -> String {
+    let Some(shared) = results.iter().find(|r| r.nodes > 1) else {
+        return String::new();
+    };
+    match shared
+        .server_flags
+        .iter()
+        .rev()
+        .find_map(|f| f.strip_prefix("--worker-threads="))
+    {
+        Some(n) => format!(
+            "; each node runs {n} worker threads (`--worker-threads {n}`), which measured \
+             better than one per core for co-located nodes: see docs/performance.md"
+        ),
+        None => "; each node runs natsmud's default worker threads (one per core)".to_owned(),
+    }
+}
+
 fn method(s: &mut String) {
     s.push_str(
         "## How it is measured\n\n\
@@ -923,8 +941,8 @@ should receive it: the other occupants of the room (presence, `say`), every conn
 while the event could have been routed is not checked for that event, either way: which side of \
 such a race it lands on is legitimately either. The spans compared are the move's (sent → \
 answered: it took effect in between) and the event's (sent → its last receipt or its sender's \
-answer), each widened by ±1 s (`--boundary-ms`); at low load that is about ±1 s around the \
-event, and an overloaded run, whose commands take seconds, widens it by itself (each room sees \
+answer), each widened by the run's margin (`--boundary-ms`, 1 s unless a scenario's table \
+says otherwise); at low load that is about that margin around the event, and an overloaded run, whose commands take seconds, widens it by itself (each room sees \
 about one arrival and one departure a second under this workload, so this leaves out roughly a \
 third of the recipients, more under overload: the tables show how many). Everyone else must \
 match exactly: *missing* (expected, not received), *extra* (received, not expected), \

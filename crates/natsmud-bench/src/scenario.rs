@@ -28,12 +28,15 @@ pub const SERVER_FLAGS: &[(&str, &str)] = &[
     ("--log", "warn"),
 ];
 
-/// Worker threads of each node when several nodes share the machine. With one per core
-/// (2), a node whose workers are both busy with a tick's fan-out picks up new events only
-/// between tasks, behind the fan-out; with 3, one of them is usually parked in the I/O
-/// driver and answers at once. Measured (active-10000, 2 nodes; active-20000, 3 nodes) in
-/// docs/performance.md. A single node keeps the default (one per core).
-pub const SHARED_MACHINE_WORKER_THREADS: u32 = 3;
+/// Worker threads of each node when several nodes share the machine: one more than the
+/// cores. With one per core (2 here), a node whose workers are all busy with a tick's
+/// fan-out picks up new events only between tasks, behind the fan-out; with a spare one,
+/// it is usually parked in the I/O driver and answers at once. Measured on 2 cores
+/// (active-10000, 2 nodes; active-20000, 3 nodes) in docs/performance.md. A single node
+/// keeps natsmud's default (one per core).
+fn shared_machine_worker_threads() -> u32 {
+    std::thread::available_parallelism().map_or(2, |n| n.get() as u32) + 1
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScenarioArgs {
@@ -61,7 +64,8 @@ pub struct ScenarioArgs {
     #[arg(long)]
     pub quick: bool,
     /// Worker threads per node (`natsmud --worker-threads`; 0: natsmud's default, one per
-    /// core). Default: 3 when several nodes share the machine, else natsmud's default.
+    /// core). Default: cores + 1 when several nodes share the machine, else natsmud's
+    /// default.
     #[arg(long)]
     pub node_worker_threads: Option<u32>,
     /// Extra flag for every node (repeatable), e.g. `--server-arg=--outbound-queue=512`.
@@ -235,7 +239,7 @@ pub async fn run(args: &ScenarioArgs, result: &mut ScenarioResult) -> Result<()>
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     let worker_threads = args.node_worker_threads.unwrap_or(if result.nodes > 1 {
-        SHARED_MACHINE_WORKER_THREADS
+        shared_machine_worker_threads()
     } else {
         0
     });

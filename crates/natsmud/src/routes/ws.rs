@@ -169,7 +169,8 @@ async fn read_loop(
     } = inputs;
     let kick = &conn.kick;
     let max_frame = app.config.max_frame_bytes as usize;
-    // One waiter for the whole connection: a new one per message costs a lock each time.
+    // One waiter for the whole connection: a new one per message registers and unlinks
+    // itself each time (polling it still takes the token's lock).
     let closed = kick.closed();
     tokio::pin!(closed);
     loop {
@@ -284,7 +285,8 @@ async fn write_loop(writer: Writer) {
     ping.tick().await;
     // Looked up once: the registry lookup behind the macro costs more than the recording.
     let delivery_seconds = metrics::histogram!(telemetry::DELIVERY_SECONDS);
-    // One waiter for the whole connection: a new one per wake-up costs a lock each time.
+    // One waiter for the whole connection: a new one per wake-up registers and unlinks
+    // itself each time (polling it still takes the token's lock).
     let closed = kick.closed();
     tokio::pin!(closed);
     loop {
