@@ -428,22 +428,11 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
                  actor: u32,
                  got: &[u32]| {
         let uncertain = uncertain_in(room, from, until, actor);
-        let mut expected: Vec<u32> = members
+        let expected: Vec<u32> = members
             .get(&room)
-            .map(|v| {
-                v.iter()
-                    .copied()
-                    .filter(|&p| p != actor && uncertain.binary_search(&p).is_err())
-                    .collect()
-            })
+            .map(|v| v.iter().copied().filter(|&p| p != actor).collect())
             .unwrap_or_default();
-        let got: Vec<u32> = got
-            .iter()
-            .copied()
-            .filter(|p| uncertain.binary_search(p).is_err())
-            .collect();
-        d.uncertain += uncertain.len() as u64;
-        compare(&mut expected, &got, d);
+        compare_certain(expected, got, &uncertain, d);
     };
     for (t, _, step) in &steps {
         match step {
@@ -501,16 +490,10 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
                 } else {
                     let d = deliveries.entry("global").or_default();
                     d.events += 1;
-                    let (mut expected, uncertain) =
+                    let (expected, uncertain) =
                         everyone_connected(&connected_at, *t, boundary, Some(*actor));
                     let got = received.get(&(GLOBAL, *actor, *n)).unwrap_or(&empty);
-                    let got: Vec<u32> = got
-                        .iter()
-                        .copied()
-                        .filter(|p| uncertain.binary_search(p).is_err())
-                        .collect();
-                    d.uncertain += uncertain.len() as u64;
-                    compare(&mut expected, &got, d);
+                    compare_certain(expected, got, &uncertain, d);
                 }
             }
         }
@@ -531,18 +514,9 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
     for t in tick_times {
         let d = deliveries.entry("game_tick").or_default();
         d.events += 1;
-        let (mut expected, uncertain) = everyone_connected(&connected_at, t, boundary, None);
-        d.uncertain += uncertain.len() as u64;
-        let got: Vec<u32> = tick_received
-            .get(&t)
-            .map(|v| {
-                v.iter()
-                    .copied()
-                    .filter(|p| uncertain.binary_search(p).is_err())
-                    .collect()
-            })
-            .unwrap_or_default();
-        compare(&mut expected, &got, d);
+        let (expected, uncertain) = everyone_connected(&connected_at, t, boundary, None);
+        let got = tick_received.get(&t).unwrap_or(&empty);
+        compare_certain(expected, got, &uncertain, d);
     }
     out.deliveries = deliveries
         .into_iter()
@@ -575,6 +549,16 @@ fn everyone_connected(
         }
     }
     (sure, unsure)
+}
+
+/// Compares expected with received recipients, leaving out the `uncertain` (sorted) on
+/// both sides and counting them.
+fn compare_certain(expected: Vec<u32>, got: &[u32], uncertain: &[u32], d: &mut Delivery) {
+    let certain = |p: &u32| uncertain.binary_search(p).is_err();
+    let mut expected: Vec<u32> = expected.into_iter().filter(certain).collect();
+    let got: Vec<u32> = got.iter().copied().filter(certain).collect();
+    d.uncertain += uncertain.len() as u64;
+    compare(&mut expected, &got, d);
 }
 
 fn compare(expected: &mut [u32], got: &[u32], d: &mut Delivery) {

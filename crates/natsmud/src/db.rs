@@ -94,15 +94,6 @@ impl Accounts {
         row.map(account_from_row).transpose()
     }
 
-    pub async fn set_room(&self, id: &PlayerId, room: &RoomId) -> Result<(), DbError> {
-        sqlx::query("UPDATE players SET room_id = ? WHERE id = ?")
-            .bind(room.as_str())
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     pub async fn delete(&self, id: &PlayerId) -> Result<(), DbError> {
         sqlx::query("DELETE FROM players WHERE id = ?")
             .bind(id.as_str())
@@ -139,7 +130,7 @@ impl Accounts {
     ///
     /// One statement per [`ROOMS_PER_STATEMENT`] moves, not one per move: each statement
     /// is a round trip to SQLite's thread and back through the runtime's queue, which under
-    /// full load costs far more than the update itself (a thousand-move batch took seconds).
+    /// full load (every wake-up queued behind a fan-out) costs far more than the update.
     /// `BEGIN IMMEDIATE` takes the write lock up front, so a node sharing the file with
     /// others waits for it in the busy handler instead of failing half-way.
     pub async fn set_rooms(&self, moves: &[(PlayerId, RoomId)]) -> Result<(), DbError> {
