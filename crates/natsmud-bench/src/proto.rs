@@ -205,6 +205,7 @@ mod tests {
                 room: room_view(),
                 occupants: vec!["Alice".into()],
                 occupant_count: 1,
+                room_sequence: 0,
             },
         )
         .in_room(room.clone())
@@ -224,6 +225,7 @@ mod tests {
                 room: room_view(),
                 occupants: vec![],
                 occupant_count: 0,
+                room_sequence: 0,
             },
         );
         assert!(parse_frame(&text_of(update, 2)).is_some_and(|v| v.data.room.is_some()));

@@ -219,11 +219,42 @@ fn preview(word: &str) -> String {
     clean_chars(word).chars().take(30).collect()
 }
 
-fn clean_chars(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).collect()
+/// Combining marks kept on one character. Enough for any real script (Vietnamese stacks
+/// two, some Indic clusters three or four); "Zalgo" text stacks hundreds, which smears
+/// over the lines around it in every client.
+pub const MAX_COMBINING_MARKS: usize = 4;
+
+/// Bidirectional formatting characters. A right-to-left override inside chat makes the
+/// rest of the line (the client's own text after it included) read backwards, which can
+/// disguise who said what; letters of right-to-left scripts are unaffected.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
-/// Chat text as it will be shown: control characters removed, trimmed, and bounded.
+/// `text` without control characters and bidi controls, with at most
+/// [`MAX_COMBINING_MARKS`] combining marks on any one character.
+fn clean_chars(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut marks = 0;
+    for c in text.chars() {
+        if c.is_control() || is_bidi_control(c) {
+            continue;
+        }
+        if unicode_normalization::char::is_combining_mark(c) {
+            marks += 1;
+            if marks > MAX_COMBINING_MARKS {
+                continue;
+            }
+        } else {
+            marks = 0;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Chat text as it will be shown: control characters and bidi controls removed, stacked
+/// combining marks capped, trimmed, and bounded.
 pub fn clean_text(raw: &str) -> Result<String, ProtocolError> {
     let cleaned = clean_chars(raw);
     let trimmed = cleaned.trim();
@@ -310,6 +341,27 @@ mod tests {
         assert_eq!(
             parse("say a\u{7}b\u{1b}[31m"),
             Ok(Command::Say("ab[31m".into()))
+        );
+    }
+
+    #[test]
+    fn strips_bidi_controls_and_caps_stacked_marks() {
+        assert_eq!(
+            parse("say evil\u{202E}txt.exe\u{2066}x\u{2069}"),
+            Ok(Command::Say("eviltxt.exex".into()))
+        );
+        let zalgo = format!("say a{}b", "\u{0301}".repeat(490));
+        let Ok(Command::Say(text)) = parse(&zalgo) else {
+            panic!("zalgo text is still a say");
+        };
+        assert_eq!(
+            text,
+            format!("a{}b", "\u{0301}".repeat(MAX_COMBINING_MARKS))
+        );
+        // Real accents and right-to-left letters are untouched.
+        assert_eq!(
+            parse("say Tiếng Việt שלום"),
+            Ok(Command::Say("Tiếng Việt שלום".into()))
         );
     }
 

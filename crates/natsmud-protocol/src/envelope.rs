@@ -3,7 +3,6 @@
 //! The publisher serialises an [`Envelope`] once; the same bytes go on NATS and, with the
 //! node's `sequence_number` spliced in front, to every recipient's socket.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -97,6 +96,21 @@ impl<D: Serialize> Envelope<D> {
     }
 }
 
+/// `{"sequence_number":N,` + the envelope without its opening brace: the number goes in
+/// front of bytes serialised once (by the publisher), in one copy, without re-parsing them.
+/// `None` when `payload` is not a JSON object.
+pub fn splice_sequence(payload: &[u8], sequence: u64) -> Option<Vec<u8>> {
+    let body = payload.trim_ascii_start().strip_prefix(b"{")?;
+    let mut out = Vec::with_capacity(payload.len() + 32);
+    out.extend_from_slice(b"{\"sequence_number\":");
+    out.extend_from_slice(sequence.to_string().as_bytes());
+    if body.trim_ascii_start().first() != Some(&b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(body);
+    Some(out)
+}
+
 /// The `sequence_number` of a frame that starts with it, as every frame natsmud sends does.
 pub fn leading_sequence(frame: &[u8]) -> Option<u64> {
     let rest = frame.strip_prefix(b"{\"sequence_number\":")?;
@@ -145,6 +159,10 @@ pub struct GameStateData {
     pub room: RoomView,
     pub occupants: Vec<String>,
     pub occupant_count: usize,
+    /// Where the room's numbering stood when the player arrived: the `sequence_number` of
+    /// the room's last event before it. The room's next event the player receives is
+    /// numbered `room_sequence + 1`, so a loss right after arriving shows as a gap.
+    pub room_sequence: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +170,8 @@ pub struct RoomUpdateData {
     pub room: RoomView,
     pub occupants: Vec<String>,
     pub occupant_count: usize,
+    /// As in [`GameStateData::room_sequence`], for the room just entered.
+    pub room_sequence: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,29 +240,6 @@ impl ServerFrame {
     }
 }
 
-/// What a receiving node reads of an envelope from NATS: just enough to route it, without
-/// copying the payload. Unknown fields are ignored.
-#[derive(Debug, Deserialize)]
-pub struct EnvelopeView<'a> {
-    #[serde(borrow)]
-    pub event_type: Cow<'a, str>,
-    #[serde(default)]
-    pub sequence_number: Option<u64>,
-    #[serde(default, borrow)]
-    pub room_id: Option<Cow<'a, str>>,
-    /// The actor: the player the event is about. The actor never receives its own event.
-    #[serde(default, borrow)]
-    pub player_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    pub data: Option<EnvelopeDataView<'a>>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct EnvelopeDataView<'a> {
-    #[serde(default, borrow)]
-    pub player_name: Option<Cow<'a, str>>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +264,20 @@ mod tests {
         );
         assert!(!text.contains("sequence_number"));
         assert!(!text.contains("room_id"));
+    }
+
+    #[test]
+    fn splices_the_number_in_front() {
+        let frame = splice_sequence(br#"{"event_type":"x","data":{}}"#, 42);
+        assert_eq!(
+            frame.as_deref(),
+            Some(&br#"{"sequence_number":42,"event_type":"x","data":{}}"#[..])
+        );
+        assert_eq!(
+            splice_sequence(b"{}", 3).as_deref(),
+            Some(&br#"{"sequence_number":3}"#[..])
+        );
+        assert_eq!(splice_sequence(b"[1]", 1), None);
     }
 
     #[test]

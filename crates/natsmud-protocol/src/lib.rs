@@ -8,12 +8,14 @@
 //! - [`envelope`]: the server → client frame and the payload of each event type.
 //! - [`client`]: client → server messages, parsed once at the edge into typed values.
 //! - [`command`]: the game commands a player can type.
+//! - [`ingress`]: what a receiving node accepts from NATS, checked against the subject.
 
 pub mod client;
 pub mod command;
 pub mod envelope;
 pub mod error;
 pub mod ids;
+pub mod ingress;
 pub mod subject;
 
 pub use client::{ClientMessage, parse_client_message};
@@ -21,4 +23,4 @@ pub use command::{Command, Direction};
 pub use envelope::{Envelope, EventType, ServerFrame};
 pub use error::{ErrorCode, ProtocolError};
 pub use ids::{PlayerId, PlayerName, RoomId, SubZoneId, ZoneId};
-pub use subject::{Subject, SubjectPrefix};
+pub use subject::{Feed, FeedKind, Subject, SubjectPrefix};

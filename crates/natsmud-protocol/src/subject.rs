@@ -28,17 +28,82 @@ impl SubjectPrefix {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
 
-    /// The one subscription that sees every natsmud subject of this world, `events.*`
-    /// and `chat.*` alike. One subscription, not two, because NATS keeps the order of
-    /// messages on one subscription but a client merging two can interleave them, and a
-    /// room's events travel on both `events.` and `chat.` subjects.
-    pub fn wildcard(&self) -> String {
-        if self.0.is_empty() {
-            ">".to_owned()
-        } else {
-            format!("{}.>", self.0)
+/// What a receiving node subscribes to. Every event of one room — `events.*` and `chat.*`
+/// subjects alike — comes on that room's one subscription (`*.*.{room}`), because NATS keeps
+/// each publisher's order within a subscription while a client merging two subscriptions
+/// could interleave them (a `say` before a `player_left` could arrive after it). The other
+/// feeds are each one stream of their own. Only the world's own subjects are subscribed, so
+/// other traffic on a shared NATS never reaches (or floods) the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed<'a> {
+    Room(&'a RoomId),
+    SubZones,
+    Whispers,
+    Global,
+    System,
+    Tick,
+}
+
+/// A [`Feed`] without its room: what a node needs to know of a message's subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FeedKind {
+    Room,
+    SubZones,
+    Whispers,
+    Global,
+    System,
+    Tick,
+}
+
+impl Feed<'_> {
+    /// The subscription's subject, with the world's prefix.
+    pub fn subscription(&self, prefix: &SubjectPrefix) -> String {
+        let stem = match self {
+            Self::Room(room) => return prefixed(prefix, &format!("*.*.{room}")),
+            Self::SubZones => "chat.local.*",
+            Self::Whispers => "chat.whisper.*",
+            Self::Global => "chat.global",
+            Self::System => "chat.system",
+            Self::Tick => "events.game_tick",
+        };
+        prefixed(prefix, stem)
+    }
+
+    pub fn kind(&self) -> FeedKind {
+        match self {
+            Self::Room(_) => FeedKind::Room,
+            Self::SubZones => FeedKind::SubZones,
+            Self::Whispers => FeedKind::Whispers,
+            Self::Global => FeedKind::Global,
+            Self::System => FeedKind::System,
+            Self::Tick => FeedKind::Tick,
         }
+    }
+}
+
+impl FeedKind {
+    /// Whether `subject` is delivered from this feed. A room's wildcard also matches a
+    /// `chat.local.X` or `chat.whisper.X` whose id happens to equal the room's; those come
+    /// from their own feed too, so the room feed leaves them to it.
+    pub fn carries(self, subject: &Subject<'_>) -> bool {
+        match self {
+            Self::Room => subject.room().is_some(),
+            Self::SubZones => matches!(subject, Subject::Local(_)),
+            Self::Whispers => matches!(subject, Subject::Whisper(_)),
+            Self::Global => matches!(subject, Subject::Global),
+            Self::System => matches!(subject, Subject::System),
+            Self::Tick => matches!(subject, Subject::GameTick),
+        }
+    }
+}
+
+fn prefixed(prefix: &SubjectPrefix, stem: &str) -> String {
+    if prefix.0.is_empty() {
+        stem.to_owned()
+    } else {
+        format!("{}.{stem}", prefix.0)
     }
 }
 
@@ -193,8 +258,48 @@ mod tests {
         assert_eq!(Subject::Whisper("p-9").render(&none), "chat.whisper.p-9");
         let world = SubjectPrefix::parse("w1.eu").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(Subject::Say("r_1").render(&world), "w1.eu.chat.say.r_1");
-        assert_eq!(world.wildcard(), "w1.eu.>");
-        assert_eq!(none.wildcard(), ">");
+    }
+
+    /// NATS's own matching: `*` is one token, `>` the rest.
+    fn nats_matches(pattern: &str, subject: &str) -> bool {
+        let mut subject = subject.split('.');
+        for token in pattern.split('.') {
+            match (token, subject.next()) {
+                (">", Some(_)) => return true,
+                ("*", Some(_)) => {}
+                (t, Some(s)) if t == s => {}
+                _ => return false,
+            }
+        }
+        subject.next().is_none()
+    }
+
+    proptest! {
+        /// Each subject reaches a node on exactly one feed that carries it, and only the
+        /// world's own subjects match any feed.
+        #[test]
+        fn every_subject_comes_from_exactly_one_feed(id in "[A-Za-z0-9_-]{1,20}", prefix in "([a-z0-9]{1,8}(\\.[a-z0-9]{1,8}){0,2})?") {
+            let prefix = SubjectPrefix::parse(&prefix).unwrap_or_else(|e| panic!("{e}"));
+            let room = RoomId::parse(&id).unwrap_or_else(|e| panic!("{e}"));
+            let feeds = [Feed::Room(&room), Feed::SubZones, Feed::Whispers, Feed::Global, Feed::System, Feed::Tick];
+            for subject in all(&id) {
+                let rendered = subject.render(&prefix);
+                let carrying = feeds
+                    .iter()
+                    .filter(|feed| nats_matches(&feed.subscription(&prefix), &rendered))
+                    .filter(|feed| feed.kind().carries(&subject))
+                    .count();
+                prop_assert_eq!(carrying, 1, "{}", rendered);
+            }
+            for foreign in ["foo.bar", "other.app.data", "_INBOX.x.y", "events", "chat.say.a.b"] {
+                let foreign = prefixed(&prefix, foreign);
+                let matched = feeds.iter().any(|feed| {
+                    let pattern = feed.subscription(&prefix);
+                    nats_matches(&pattern, &foreign) && !matches!(feed, Feed::Room(_))
+                });
+                prop_assert!(!matched, "{}", foreign);
+            }
+        }
     }
 
     #[test]

@@ -127,11 +127,21 @@ pub struct Config {
     #[arg(long, env = "NATSMUD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: u32,
 
-    /// Commands (and chat) each connection may send per second, on average. 0: no limit.
+    /// Commands (and chat, and WebSocket pings) each player may send per second, on
+    /// average, across all of its connections. 0: no limit.
     #[arg(long, env = "NATSMUD_COMMANDS_PER_SEC", default_value_t = 10)]
     pub commands_per_sec: u32,
 
-    /// Commands a connection may send in a quick burst above the average rate.
+    /// Connections (WebSocket or SSE) each player may open per minute. 0: no limit.
+    #[arg(long, env = "NATSMUD_CONNECTS_PER_MINUTE", default_value_t = 30)]
+    pub connects_per_minute: u32,
+
+    /// Longest a write to a client socket may make no progress, in seconds; then the
+    /// connection is closed as a slow consumer.
+    #[arg(long, env = "NATSMUD_WRITE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_timeout_secs: u64,
+
+    /// Commands a player may send in a quick burst above the average rate.
     #[arg(long, env = "NATSMUD_COMMAND_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub command_burst: u32,
 
@@ -367,6 +377,10 @@ impl Config {
 
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs)
     }
 
     pub fn ws_ping_interval(&self) -> Duration {

@@ -7,7 +7,11 @@ use std::time::Duration;
 use natsmud_protocol::{PlayerId, PlayerName, RoomId};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use std::sync::{Arc, Mutex};
+
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -165,6 +169,8 @@ type RoomWrite = (PlayerId, RoomId, oneshot::Sender<Result<(), String>>);
 #[derive(Clone)]
 pub struct RoomWriter {
     tx: mpsc::Sender<RoomWrite>,
+    stop: CancellationToken,
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 /// Most moves stored in one transaction.
@@ -176,9 +182,27 @@ const ROOMS_PER_STATEMENT: usize = 500;
 impl RoomWriter {
     pub fn spawn(accounts: Accounts) -> Self {
         let (tx, mut rx) = mpsc::channel::<RoomWrite>(GROUP_COMMIT_MAX * 4);
-        tokio::spawn(async move {
+        let stop = CancellationToken::new();
+        let stopping = stop.clone();
+        let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(GROUP_COMMIT_MAX);
-            while let Some(first) = rx.recv().await {
+            loop {
+                let first = tokio::select! {
+                    biased;
+                    first = rx.recv() => match first {
+                        Some(first) => first,
+                        None => return,
+                    },
+                    _ = stopping.cancelled() => {
+                        // Whatever was sent before `close` is stored; later moves are
+                        // refused (their sender sees the writer gone).
+                        rx.close();
+                        match rx.recv().await {
+                            Some(first) => first,
+                            None => return,
+                        }
+                    }
+                };
                 batch.push(first);
                 while batch.len() < GROUP_COMMIT_MAX {
                     match rx.try_recv() {
@@ -196,7 +220,11 @@ impl RoomWriter {
                 }
             }
         });
-        Self { tx }
+        Self {
+            tx,
+            stop,
+            task: Arc::new(Mutex::new(Some(task))),
+        }
     }
 
     /// Returns once `player`'s room is stored.
@@ -210,6 +238,15 @@ impl RoomWriter {
             .await
             .map_err(|_| "the room writer has stopped".to_owned())?
     }
+
+    /// Stores every room sent so far, then stops; later `store`s fail.
+    pub async fn close(&self) {
+        self.stop.cancel();
+        let task = self.task.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -219,6 +256,54 @@ mod tests {
     use super::*;
 
     /// More moves than one statement holds, with players moving twice in the batch.
+    /// Shutdown closes the writer before the database: every move sent before that is
+    /// stored, and a move after it is refused rather than lost.
+    #[tokio::test]
+    async fn closing_the_writer_stores_what_was_sent() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", dir.path().join("rooms.db").display());
+        let accounts = Accounts::open(&url).await?;
+        let start = RoomId::parse("start")?;
+        let mut players = Vec::new();
+        for n in 0..200 {
+            let id = PlayerId::parse(&format!("p{n}"))?;
+            accounts
+                .create(&id, &PlayerName::parse(&format!("Player{n}"))?, "x", &start)
+                .await?;
+            players.push(id);
+        }
+        let writer = RoomWriter::spawn(accounts.clone());
+        let moved = RoomId::parse("moved")?;
+        let mut answers = Vec::new();
+        for player in &players {
+            let (done, stored) = oneshot::channel();
+            writer
+                .tx
+                .send((player.clone(), moved.clone(), done))
+                .await?;
+            answers.push(stored);
+        }
+        writer.close().await;
+        accounts.close().await;
+        for answer in answers {
+            assert_eq!(
+                answer.await?,
+                Ok(()),
+                "every move sent before close is stored"
+            );
+        }
+        assert!(writer.store(&players[0], &start).await.is_err());
+        let reopened = Accounts::open(&url).await?;
+        for player in &players {
+            let room = reopened
+                .find_by_id(player.as_str())
+                .await?
+                .and_then(|a| a.room_id);
+            assert_eq!(room.as_ref(), Some(&moved));
+        }
+        Ok(())
+    }
+
     #[tokio::test]
     async fn set_rooms_stores_the_last_room_of_each_player()
     -> Result<(), Box<dyn std::error::Error>> {

@@ -13,7 +13,7 @@ use natsmud_protocol::{
 };
 
 use crate::realtime::PublishError;
-use crate::realtime::connection_manager::ConnectionHandle;
+use crate::realtime::connection_manager::{Arrival, ConnectionHandle};
 use crate::startup::AppState;
 use crate::world::Room;
 
@@ -65,9 +65,9 @@ impl Session<'_> {
     fn current_room(&self) -> Result<&Room, ProtocolError> {
         self.app
             .manager
-            .room_of(self.me())
+            .room_of(self.conn)
             .and_then(|id| self.app.world.room(id.as_str()))
-            .ok_or_else(|| ProtocolError::new(ErrorCode::Internal, "You are nowhere; reconnect."))
+            .ok_or_else(not_connected)
     }
 
     fn require_event_bus(&self) -> Result<(), ProtocolError> {
@@ -154,16 +154,9 @@ impl Session<'_> {
                 self.whisper(target_id, target_name, &message).await?;
             }
             Command::Reply(message) => {
-                let target_id = self
-                    .app
-                    .manager
-                    .last_whisper_from(self.me())
-                    .ok_or_else(|| {
-                        ProtocolError::new(
-                            ErrorCode::NoReplyTarget,
-                            "Nobody has whispered to you yet.",
-                        )
-                    })?;
+                let target_id = self.conn.last_whisper_from().ok_or_else(|| {
+                    ProtocolError::new(ErrorCode::NoReplyTarget, "Nobody has whispered to you yet.")
+                })?;
                 let target_name = self.app.manager.name_of(&target_id).ok_or_else(|| {
                     ProtocolError::new(ErrorCode::PlayerNotFound, "They are no longer online.")
                 })?;
@@ -172,8 +165,9 @@ impl Session<'_> {
             Command::Local(text) => {
                 self.require_event_bus()?;
                 let room = self.current_room()?;
-                let envelope =
+                let mut envelope =
                     self.chat_envelope("local", format!("{} says (local): {text}", self.my_name()));
+                envelope.data.sub_zone = Some(room.sub_zone.clone());
                 self.app
                     .publisher
                     .publish(Subject::local(&room.sub_zone), &envelope)
@@ -212,7 +206,18 @@ impl Session<'_> {
         Ok(Flow::Continue)
     }
 
+    /// Moves the player, all or nothing as far as anyone can tell: either the reply is an
+    /// `error` and nothing changed (the player is where it was, nothing was published,
+    /// nothing stored), or the reply is `room_update` and the move stands. The steps that
+    /// can fail come first — storing the new room, then telling the old room — and each
+    /// undoes what came before it. From then on the move stands: the `room_update` is
+    /// queued as the player enters the new room (see `ConnectionManager::move_to`), and if
+    /// the new room cannot be told, the player is told so after it.
     async fn go(&self, direction: Direction) -> Result<(), ProtocolError> {
+        // A login of the same player waits for this to finish before it takes over, so a
+        // replaced connection can never move its successor.
+        let actions = self.conn.actions();
+        let _turn = actions.lock().await;
         let from = self.current_room()?;
         let to_id = from.exit(direction).ok_or_else(|| {
             ProtocolError::new(
@@ -225,11 +230,18 @@ impl Session<'_> {
                 ProtocolError::new(ErrorCode::Internal, "That way leads nowhere.")
             })?;
         self.require_event_bus()?;
-        self.app
-            .manager
-            .move_player(self.me(), &to.id)
-            .map_err(|e| ProtocolError::new(ErrorCode::Internal, e.to_string()))?;
-
+        // Room for the `room_update` first: a connection that is closing moves nowhere.
+        let Some(permit) = self.conn.reserve().await else {
+            return Err(not_connected());
+        };
+        // Stored before anyone hears of it, so an answered move survives a crash.
+        if let Err(error) = self.app.room_writer.store(self.me(), &to.id).await {
+            tracing::error!(%error, "could not store the player's room; the move is refused");
+            return Err(ProtocolError::new(
+                ErrorCode::Internal,
+                "Your move could not be saved, so you stay where you are. Try again.",
+            ));
+        }
         let name = self.my_name();
         let left = presence(
             EventType::PlayerLeft,
@@ -238,6 +250,26 @@ impl Session<'_> {
             &from.id,
             format!("{name} leaves the room."),
         );
+        if let Err(error) = self
+            .app
+            .publisher
+            .publish(Subject::player_left(&from.id), &left)
+            .await
+        {
+            // Nobody heard of it: put the stored room back, and the move never happened.
+            if let Err(error) = self.app.room_writer.store(self.me(), &from.id).await {
+                tracing::error!(%error, "could not store the player's room back after a refused move");
+            }
+            return Err(bus_error(&error));
+        }
+        self.app
+            .manager
+            .move_to(self.conn, &to.id, permit, |arrival| {
+                room_update(to, arrival)
+                    .with_sequence(self.conn.next_direct_sequence())
+                    .to_bytes()
+            })
+            .map_err(|_| not_connected())?;
         let entered = presence(
             EventType::PlayerEntered,
             self.me(),
@@ -245,37 +277,19 @@ impl Session<'_> {
             &to.id,
             format!("{name} enters the room."),
         );
-        let left_result = self
-            .app
-            .publisher
-            .publish(Subject::player_left(&from.id), &left)
-            .await;
-        let entered_result = self
+        if let Err(error) = self
             .app
             .publisher
             .publish(Subject::player_entered(&to.id), &entered)
+            .await
+        {
+            // The move stands (the old room saw the player go); say what is missing.
+            self.respond(format!(
+                "You arrive, but nobody here noticed: the world could not hear you ({error})."
+            ))
             .await;
-
-        // Stored before the mover hears of it, so an answered move survives a crash.
-        if let Err(error) = self.app.room_writer.store(self.me(), &to.id).await {
-            tracing::error!(%error, "could not store the player's room");
         }
-        let occupants = self.occupants(&to.id);
-        self.conn
-            .send_direct(
-                Envelope::new(
-                    EventType::RoomUpdate,
-                    RoomUpdateData {
-                        room: to.view(),
-                        occupant_count: occupants.len(),
-                        occupants,
-                    },
-                )
-                .in_room(to.id.clone()),
-            )
-            .await;
-        // The move stands (the player is in the new room); say which notices were lost.
-        left_result.and(entered_result).map_err(|e| bus_error(&e))
+        Ok(())
     }
 
     /// Publishes speech to the actor's room on the channel's subject.
@@ -344,13 +358,13 @@ impl Session<'_> {
     }
 }
 
-/// The first frame of a connection: who you are, where, and who is here (you included).
-/// It is the connection's direct frame number 1.
+/// The first frame of a connection: who you are, where, who is here (you included), and
+/// where the room's numbering stands. It is the connection's direct frame number 1.
 pub fn game_state(
     player: &PlayerId,
     name: &PlayerName,
     room: &Room,
-    occupants: Vec<String>,
+    arrival: Arrival<'_>,
 ) -> bytes::Bytes {
     Envelope::new(
         EventType::GameState,
@@ -360,14 +374,29 @@ pub fn game_state(
                 name: name.to_string(),
             },
             room: room.view(),
-            occupant_count: occupants.len(),
-            occupants,
+            occupant_count: arrival.occupants.len(),
+            occupants: arrival.occupants,
+            room_sequence: arrival.sequence,
         },
     )
     .in_room(room.id.clone())
     .by_player(player.clone())
     .with_sequence(1)
     .to_bytes()
+}
+
+/// The mover's `room_update`, unnumbered.
+fn room_update(room: &Room, arrival: Arrival<'_>) -> Envelope<RoomUpdateData> {
+    Envelope::new(
+        EventType::RoomUpdate,
+        RoomUpdateData {
+            room: room.view(),
+            occupant_count: arrival.occupants.len(),
+            occupants: arrival.occupants,
+            room_sequence: arrival.sequence,
+        },
+    )
+    .in_room(room.id.clone())
 }
 
 fn presence(
@@ -393,6 +422,13 @@ fn bus_error(error: &PublishError) -> ProtocolError {
     ProtocolError::new(
         ErrorCode::EventBusUnavailable,
         format!("The world cannot hear you right now ({error}); try again in a moment."),
+    )
+}
+
+fn not_connected() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::Internal,
+        "This connection is no longer in the game; reconnect.",
     )
 }
 

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Passwords, Tokens, load_or_create_secret};
 use crate::config::{Config, Secret};
 use crate::db::{Accounts, RoomWriter};
-use crate::limits::AuthLimiter;
+use crate::limits::{AuthLimiter, PlayerLimits};
+use crate::nats::Fatal;
 use crate::realtime::nats_handler::NatsMessageHandler;
 use crate::realtime::{CloseReason, ConnectionManager, EventPublisher};
 use crate::services::game_tick::GameTickService;
@@ -32,6 +33,7 @@ pub struct AppInner {
     pub manager: Arc<ConnectionManager>,
     pub publisher: Arc<EventPublisher>,
     pub auth_limiter: AuthLimiter,
+    pub player_limits: PlayerLimits,
     /// Every connection's tasks, so shutdown can wait for them to finish.
     pub connections: tokio_util::task::TaskTracker,
     pub started: Instant,
@@ -76,9 +78,18 @@ pub async fn run(
         config.password_hash_iterations,
     )?;
     let auth_limiter = AuthLimiter::new(config.auth_per_minute);
+    let player_limits = PlayerLimits::new(
+        config.commands_per_sec,
+        config.command_burst,
+        config.connects_per_minute,
+    );
 
-    let manager = Arc::new(ConnectionManager::new(config.outbound_queue as usize));
-    let client = crate::nats::connect(&config, manager.clone())
+    let manager = Arc::new(ConnectionManager::new(
+        &world,
+        config.outbound_queue as usize,
+    ));
+    let fatal = Arc::new(Fatal::default());
+    let client = crate::nats::connect(&config, manager.clone(), fatal.clone())
         .await
         .with_context(|| format!("cannot use NATS URL {}", config.nats_url))?;
     let publisher = Arc::new(EventPublisher::new(
@@ -93,11 +104,20 @@ pub async fn run(
     let handler = NatsMessageHandler::new(
         config.subject_prefix.clone(),
         manager.clone(),
-        world.clone(),
+        config.max_frame_bytes as usize,
+        config.tick_interval(),
     );
     let handler_task = tokio::spawn(handler.run(client.clone(), ready_tx, stop_handler.clone()));
-    // Accept players only once the subscription is live, so no early event is missed.
+    // Accept players only once the subscriptions are live, so no early event is missed.
     let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
+    if client.connection_state() == async_nats::connection::State::Connected {
+        let version = client.server_info().version;
+        tracing::info!(%version, "NATS server");
+        if let Err(problem) = crate::nats::check_version(&version) {
+            stop_handler.cancel();
+            return Err(anyhow::anyhow!(problem));
+        }
+    }
 
     tracing::info!(
         address = %listener.local_addr()?,
@@ -116,6 +136,7 @@ pub async fn run(
         manager: manager.clone(),
         publisher: publisher.clone(),
         auth_limiter,
+        player_limits,
         connections: tokio_util::task::TaskTracker::new(),
         started: Instant::now(),
     }));
@@ -132,6 +153,7 @@ pub async fn run(
     if let Some(handle) = metrics_handle {
         tokio::spawn(crate::telemetry::run_upkeep(handle, stop_services.clone()));
     }
+    tokio::spawn(forget_idle_limits(state.clone(), stop_services.clone()));
 
     let stop_http = CancellationToken::new();
     let server = {
@@ -144,7 +166,13 @@ pub async fn run(
         .with_graceful_shutdown(async move { stop_http.cancelled().await })
     };
     let server_task = tokio::spawn(async move { server.await });
-    shutdown.await;
+    let failure = tokio::select! {
+        () = shutdown => None,
+        problem = fatal.raised() => {
+            tracing::error!(%problem, "stopping");
+            Some(problem)
+        }
+    };
     tracing::info!("shutting down");
 
     stop_http.cancel();
@@ -169,7 +197,27 @@ pub async fn run(
     stop_handler.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), handler_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), server_task).await;
+    // Moves already answered are stored before the database closes.
+    state.room_writer.close().await;
     state.accounts.close().await;
     tracing::info!("stopped");
-    Ok(())
+    match failure {
+        Some(problem) => Err(anyhow::anyhow!(problem)),
+        None => Ok(()),
+    }
+}
+
+/// Every so often, forgets the rate-limit state of addresses and players whose allowance
+/// is full again, so that checks stay cheap and memory stays flat.
+async fn forget_idle_limits(state: AppState, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {
+                state.auth_limiter.upkeep();
+                state.player_limits.upkeep();
+            }
+        }
+    }
 }

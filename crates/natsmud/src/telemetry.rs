@@ -4,12 +4,16 @@
 //! - `connections{transport}` (gauge): open WebSocket and SSE connections.
 //! - `events_published_total{event_type}`, `events_publish_failed_total{event_type}`.
 //! - `publish_seconds` (histogram): handing one event to NATS.
-//! - `events_received_total`: events read from NATS; `events_malformed_total`: dropped ones.
+//! - `events_received_total`: events read from NATS; `events_rejected_total{reason}`: ones
+//!   refused by the checks of `realtime::nats_handler` (malformed, wrong kind, …).
 //! - `events_delivered_total`: frames queued for sockets (one per recipient).
 //! - `delivery_seconds` (histogram): NATS → socket, from the event's arrival at this node to
 //!   its frame being written to one recipient's socket.
 //! - `slow_consumer_disconnects_total`, `ticks_total`, `ticks_failed_total`.
 //! - `nats_connected` (gauge, 0/1), `nats_reconnects_total`, `nats_slow_consumer_total`.
+//! - `nats_in_messages_total`, `nats_out_messages_total`, `nats_in_bytes_total`,
+//!   `nats_out_bytes_total`: the NATS client's own traffic counts (what this node receives
+//!   from NATS is what its subscriptions cost).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -21,7 +25,7 @@ pub const EVENTS_PUBLISHED: &str = "natsmud_events_published_total";
 pub const EVENTS_PUBLISH_FAILED: &str = "natsmud_events_publish_failed_total";
 pub const PUBLISH_SECONDS: &str = "natsmud_publish_seconds";
 pub const EVENTS_RECEIVED: &str = "natsmud_events_received_total";
-pub const EVENTS_MALFORMED: &str = "natsmud_events_malformed_total";
+pub const EVENTS_REJECTED: &str = "natsmud_events_rejected_total";
 pub const EVENTS_DELIVERED: &str = "natsmud_events_delivered_total";
 pub const DELIVERY_SECONDS: &str = "natsmud_delivery_seconds";
 pub const SLOW_CONSUMERS: &str = "natsmud_slow_consumer_disconnects_total";
@@ -30,6 +34,10 @@ pub const TICKS_FAILED: &str = "natsmud_ticks_failed_total";
 pub const NATS_CONNECTED: &str = "natsmud_nats_connected";
 pub const NATS_RECONNECTS: &str = "natsmud_nats_reconnects_total";
 pub const NATS_SLOW_CONSUMER: &str = "natsmud_nats_slow_consumer_total";
+pub const NATS_IN_MESSAGES: &str = "natsmud_nats_in_messages_total";
+pub const NATS_OUT_MESSAGES: &str = "natsmud_nats_out_messages_total";
+pub const NATS_IN_BYTES: &str = "natsmud_nats_in_bytes_total";
+pub const NATS_OUT_BYTES: &str = "natsmud_nats_out_bytes_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -68,7 +76,10 @@ fn describe() {
         "Time to hand one event to NATS"
     );
     describe_counter!(EVENTS_RECEIVED, "Events received from NATS");
-    describe_counter!(EVENTS_MALFORMED, "Events from NATS dropped as malformed");
+    describe_counter!(
+        EVENTS_REJECTED,
+        "Events from NATS refused by their checks, by reason"
+    );
     describe_counter!(EVENTS_DELIVERED, "Frames queued for player sockets");
     describe_histogram!(
         DELIVERY_SECONDS,
@@ -83,10 +94,23 @@ fn describe() {
     describe_counter!(TICKS_FAILED, "Game ticks that could not be published");
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS");
     describe_counter!(NATS_RECONNECTS, "Reconnections to NATS after a disconnect");
+    describe_counter!(NATS_IN_MESSAGES, "Messages this node received from NATS");
+    describe_counter!(NATS_OUT_MESSAGES, "Messages this node sent to NATS");
+    describe_counter!(NATS_IN_BYTES, "Bytes this node received from NATS");
+    describe_counter!(NATS_OUT_BYTES, "Bytes this node sent to NATS");
     describe_counter!(
         NATS_SLOW_CONSUMER,
         "Times NATS reported this node too slow for its subscription"
     );
+}
+
+/// Copies the NATS client's traffic counts into the metrics (called when scraped).
+pub fn record_nats_statistics(statistics: &async_nats::Statistics) {
+    use std::sync::atomic::Ordering::Relaxed;
+    metrics::counter!(NATS_IN_MESSAGES).absolute(statistics.in_messages.load(Relaxed));
+    metrics::counter!(NATS_OUT_MESSAGES).absolute(statistics.out_messages.load(Relaxed));
+    metrics::counter!(NATS_IN_BYTES).absolute(statistics.in_bytes.load(Relaxed));
+    metrics::counter!(NATS_OUT_BYTES).absolute(statistics.out_bytes.load(Relaxed));
 }
 
 /// Histograms keep raw samples until folded; fold them regularly even when nobody scrapes,

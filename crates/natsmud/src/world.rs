@@ -307,6 +307,18 @@ impl World {
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }
+
+    /// Every room, in no particular order.
+    pub fn rooms(&self) -> impl Iterator<Item = &Room> {
+        self.rooms.values()
+    }
+
+    /// Every sub-zone with its rooms.
+    pub fn sub_zones(&self) -> impl Iterator<Item = (&SubZoneId, &[RoomId])> {
+        self.sub_zone_rooms
+            .iter()
+            .map(|(id, rooms)| (id, rooms.as_slice()))
+    }
 }
 
 #[cfg(test)]

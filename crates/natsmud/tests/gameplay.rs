@@ -215,6 +215,8 @@ async fn global_reaches_everyone_and_local_only_the_sub_zone() {
     );
     let heard = bob.expect(EventType::ChatMessage).await;
     assert_eq!(heard.data["channel"], "local");
+    // The sub-zone is the stream local chat is numbered in.
+    assert_eq!(heard.data["sub_zone"], start.sub_zone.as_str());
     assert_eq!(
         heard.data["message"],
         "Alice says (local): anyone near the square?"
@@ -308,4 +310,233 @@ async fn disconnecting_leaves_no_ghost() {
     );
     let look = alice.ask("look").await;
     assert!(!look.data_str("result").contains("Bob"));
+}
+
+/// The mover's `room_update` comes before any event of the room it enters and says where
+/// that room's numbering stands, so that nothing is lost unseen right after a move: the
+/// first event of the new room is the next number, even while the room is busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_answers_before_any_event_of_the_new_room_and_says_where_its_numbering_stands() {
+    let app = TestApp::spawn().await;
+    let start = world().start_room.to_string();
+    let (there, busy_room) = some_exit(&start);
+    let back = world()
+        .room(&busy_room)
+        .unwrap()
+        .exits
+        .iter()
+        .find(|(_, target)| target.as_str() == start)
+        .map(|(direction, _)| direction.clone())
+        .expect("the exit leads back");
+    let mut alice = app.join("Alice").await;
+
+    // Someone on another NATS connection talks in the busy room without pause.
+    let nats = app.outside_client().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let talker = {
+        let stop = stop.clone();
+        let room = natsmud_protocol::RoomId::parse(&busy_room).unwrap();
+        let subject = natsmud_protocol::Subject::say(&room).render(&Default::default());
+        tokio::spawn(async move {
+            let speaker = natsmud_protocol::PlayerId::parse("talker-1").unwrap();
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                n += 1;
+                let envelope = natsmud_protocol::Envelope::new(
+                    EventType::ChatMessage,
+                    natsmud_protocol::envelope::ChatMessageData {
+                        channel: "say".into(),
+                        sender_id: speaker.clone(),
+                        player_name: "Talker".into(),
+                        message: format!("Talker says: {n}"),
+                        message_id: n.to_string(),
+                        target_id: None,
+                        target_name: None,
+                        sub_zone: None,
+                    },
+                )
+                .in_room(room.clone())
+                .by_player(speaker.clone());
+                nats.publish(subject.clone(), envelope.to_bytes())
+                    .await
+                    .unwrap();
+                if n.is_multiple_of(20) {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        })
+    };
+
+    for _ in 0..15 {
+        alice.command(&format!("go {there}")).await;
+        // Until the room_update, only frames of the old room (or none) may come.
+        let update = loop {
+            let frame = alice.next_frame().await;
+            if frame.event_type == EventType::RoomUpdate {
+                break frame;
+            }
+            assert_ne!(
+                frame.room_id.as_deref(),
+                Some(busy_room.as_str()),
+                "{frame:?}"
+            );
+        };
+        assert_eq!(update.room_id.as_deref(), Some(busy_room.as_str()));
+        let mut expected = update.data["room_sequence"]
+            .as_u64()
+            .expect("room_update names the room's number");
+        // Alice's own arrival takes one number she does not see; nothing else may be missing.
+        let mut skipped_own = false;
+        for _ in 0..20 {
+            let frame = alice.next_frame().await;
+            assert_eq!(
+                frame.room_id.as_deref(),
+                Some(busy_room.as_str()),
+                "{frame:?}"
+            );
+            if frame.sequence_number == expected + 2 && !skipped_own {
+                skipped_own = true;
+                expected += 1;
+            }
+            assert_eq!(
+                frame.sequence_number,
+                expected + 1,
+                "a gap after the move: {frame:?}"
+            );
+            expected = frame.sequence_number;
+        }
+        alice.command(&format!("go {back}")).await;
+        loop {
+            let frame = alice.next_frame().await;
+            if frame.event_type == EventType::RoomUpdate {
+                assert_eq!(frame.room_id.as_deref(), Some(start.as_str()));
+                break;
+            }
+        }
+        // Nothing of the busy room after leaving it (but what was already on its way).
+        while let Some(common::Received::Frame(frame)) = alice.next_within(common::QUIET).await {
+            assert_ne!(
+                frame.room_id.as_deref(),
+                Some(busy_room.as_str()),
+                "{frame:?}"
+            );
+        }
+    }
+    stop.cancel();
+    talker.await.unwrap();
+}
+
+/// A move either happens for everyone or not at all: with NATS going away in the middle of
+/// a stream of moves, each is answered by `room_update` (it happened) or an error (nothing
+/// changed), and the player is where the answers say — in the node's memory and in the
+/// database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_is_all_or_nothing_when_nats_fails_mid_command() {
+    let mut app = TestApp::spawn().await;
+    let start = world().start_room.to_string();
+    let (there, next) = some_exit(&start);
+    let back = world()
+        .room(&next)
+        .unwrap()
+        .exits
+        .iter()
+        .find(|(_, target)| target.as_str() == start)
+        .map(|(direction, _)| direction.clone())
+        .expect("the exit leads back");
+    let mut alice = app.join("Alice").await;
+    let moves = 400;
+    for n in 0..moves {
+        let direction = if n % 2 == 0 { &there } else { &back };
+        alice.command(&format!("go {direction}")).await;
+    }
+    // NATS goes away while the moves are being run.
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let port = app.nats.port;
+    app.nats.stop();
+
+    let mut at = start.clone();
+    let (mut moved, mut refused) = (0, 0);
+    let mut answered = 0;
+    while answered < moves {
+        let frame = alice.next_frame().await;
+        match frame.event_type {
+            EventType::RoomUpdate => {
+                at = frame.room_id.clone().unwrap();
+                moved += 1;
+                answered += 1;
+            }
+            EventType::Error => {
+                let code = frame.data_str("code");
+                assert!(
+                    code == "event_bus_unavailable" || code == "no_exit",
+                    "{frame:?}"
+                );
+                refused += 1;
+                answered += 1;
+            }
+            // A move that stood but whose arrival could not be announced says so.
+            EventType::CommandResponse => {
+                assert!(
+                    frame.data_str("result").contains("nobody here noticed"),
+                    "{frame:?}"
+                )
+            }
+            other => panic!("unexpected {other:?}: {frame:?}"),
+        }
+    }
+    assert!(moved > 0 && refused > 0, "moved {moved}, refused {refused}");
+    let look = alice.ask("look").await;
+    let room_name = world().room(&at).unwrap().name.clone();
+    assert!(
+        look.data_str("result").starts_with(room_name.as_str()),
+        "{look:?} vs {at}"
+    );
+
+    // Back on NATS, the node closes Alice (events may have been lost); the database puts
+    // her where the answers said.
+    app.nats = common::NatsServer::start_on(Some(port));
+    alice.expect_closed_with(4008).await;
+    let alice = app.rejoin(&alice).await;
+    assert_eq!(alice.room, at);
+}
+
+/// A command still running on a replaced connection never acts on the connection that
+/// replaced it: a login waits for the old connection's move to finish, and what the new
+/// connection is told matches where the player is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_connection_never_moves_the_player_of_its_successor() {
+    let app = TestApp::spawn().await;
+    let start = world().start_room.to_string();
+    let (there, next) = some_exit(&start);
+    let back = world()
+        .room(&next)
+        .unwrap()
+        .exits
+        .iter()
+        .find(|(_, target)| target.as_str() == start)
+        .map(|(direction, _)| direction.clone())
+        .expect("the exit leads back");
+    let mut alice = app.join("Alice").await;
+    for n in 0..20 {
+        let direction = if alice.room == start { &there } else { &back };
+        // The move and the new login race.
+        alice.command(&format!("go {direction}")).await;
+        if n % 2 == 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(200 * (n as u64 % 5))).await;
+        }
+        let mut successor = app.rejoin(&alice).await;
+        let look = successor.ask("look").await;
+        let told = world().room(&successor.room).unwrap().name.clone();
+        assert!(
+            look.data_str("result").starts_with(told.as_str()),
+            "told {} but in {:?}",
+            successor.room,
+            look.data_str("result")
+        );
+        assert_eq!(
+            alice.expect_closed_with(4001).await,
+            "logged in from another connection"
+        );
+        alice = successor;
+    }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{NatsServer, TestApp};
 use natsmud_protocol::envelope::PresenceData;
 use natsmud_protocol::{Envelope, EventType, PlayerId, RoomId, Subject, SubjectPrefix};
-use serde_json::json;
+use serde_json::{Value, json};
 
 async fn outside_client(url: &str) -> async_nats::Client {
     async_nats::connect(url)
@@ -121,19 +121,160 @@ async fn malformed_events_on_nats_are_dropped_and_delivery_goes_on() {
             .await
             .unwrap();
     }
-    // An envelope that brings its own sequence number gets the node's number instead.
-    let mut with_number = serde_json::to_value(stranger_entering(&alice.room)).unwrap();
-    with_number["sequence_number"] = json!(999_999);
     nats.publish(
         format!("events.player_entered.{}", alice.room),
-        with_number.to_string().into(),
+        stranger_entering(&alice.room).to_bytes(),
     )
     .await
     .unwrap();
     nats.flush().await.unwrap();
     let frame = alice.expect(EventType::PlayerEntered).await;
-    assert!(frame.sequence_number < 999_999, "{frame:?}");
+    assert_eq!(frame.data["player_name"], "Stranger");
     alice.expect_silence().await;
+    assert_eq!(
+        alice.ask("who").await.data["result"],
+        "Players online (1): Alice"
+    );
+    // (At least: tests in one process share the metrics.)
+    assert!(
+        app.metric("natsmud_events_rejected_total{reason=\"malformed\"}")
+            .await
+            >= 4.0
+    );
+}
+
+/// Anyone who can publish on NATS can publish on the world's subjects: what reaches a
+/// socket is only what a client can rely on.
+#[tokio::test]
+async fn events_from_nats_are_checked_before_they_reach_a_socket() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.join("Alice").await;
+    let nats = outside_client(&app.nats.url).await;
+    let room = alice.room.clone();
+    let stranger = || serde_json::to_value(stranger_entering(&room)).unwrap();
+    let mut refused: Vec<(String, Value, &str)> = Vec::new();
+
+    let mut no_data = stranger();
+    no_data.as_object_mut().unwrap().remove("data");
+    refused.push((
+        format!("events.player_entered.{room}"),
+        no_data,
+        "malformed",
+    ));
+    let mut array_data = stranger();
+    array_data["data"] = json!(["stranger-1", "Stranger", "x"]);
+    refused.push((
+        format!("events.player_entered.{room}"),
+        array_data,
+        "malformed",
+    ));
+    // A departure published on a chat subject would take a player off others' lists.
+    let mut left = stranger();
+    left["event_type"] = json!("player_left");
+    refused.push((format!("chat.say.{room}"), left.clone(), "wrong_kind"));
+    refused.push((format!("events.player_entered.{room}"), left, "wrong_kind"));
+    let mut elsewhere = stranger();
+    elsewhere["room_id"] = json!("somewhere_else");
+    refused.push((
+        format!("events.player_entered.{room}"),
+        elsewhere,
+        "room_mismatch",
+    ));
+    let mut someone_else = stranger();
+    someone_else["player_id"] = json!(alice.id);
+    refused.push((
+        format!("events.player_entered.{room}"),
+        someone_else,
+        "actor_mismatch",
+    ));
+    let mut numbered = stranger();
+    numbered["sequence_number"] = json!(999_999);
+    refused.push((
+        format!("events.player_entered.{room}"),
+        numbered,
+        "numbered",
+    ));
+    let mut huge = stranger();
+    huge["data"]["message"] = json!("x".repeat(512 * 1024));
+    refused.push((format!("events.player_entered.{room}"), huge, "too_large"));
+    let before = app.metric("natsmud_events_rejected_total").await;
+    for (subject, payload, _) in &refused {
+        nats.publish(subject.clone(), payload.to_string().into())
+            .await
+            .unwrap();
+    }
+    nats.publish(
+        format!("events.player_entered.{room}"),
+        stranger_entering(&room).to_bytes(),
+    )
+    .await
+    .unwrap();
+    nats.flush().await.unwrap();
+
+    // Only the well-formed event arrives.
+    let frame = alice.expect(EventType::PlayerEntered).await;
+    assert_eq!(frame.data["player_name"], "Stranger");
+    let text = serde_json::to_string(&frame).unwrap();
+    assert!(text.contains("Stranger enters the room."));
+    alice.expect_silence().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.metric("natsmud_events_rejected_total").await < before + refused.len() as f64 {
+        assert!(Instant::now() < deadline, "not every refusal was counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for reason in [
+        "malformed",
+        "wrong_kind",
+        "room_mismatch",
+        "actor_mismatch",
+        "numbered",
+        "too_large",
+    ] {
+        let expected = refused.iter().filter(|(_, _, r)| *r == reason).count() as f64;
+        let counted = app
+            .metric(&format!(
+                "natsmud_events_rejected_total{{reason=\"{reason}\"}}"
+            ))
+            .await;
+        assert!(counted >= expected, "{reason}: {counted} < {expected}");
+    }
+}
+
+/// On a NATS shared with other applications (no subject prefix), their traffic never
+/// reaches the node: it subscribes to its own subjects only.
+#[tokio::test]
+async fn other_traffic_on_a_shared_nats_never_reaches_the_node() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.join("Alice").await;
+    let nats = outside_client(&app.nats.url).await;
+    let in_messages = async || {
+        app.get("/health").await.1["nats_traffic"]["in_messages"]
+            .as_u64()
+            .unwrap()
+    };
+    let received_before = in_messages().await;
+    let payload = bytes::Bytes::from(vec![b'x'; 200]);
+    for n in 0..50_000u32 {
+        let subject = match n % 4 {
+            0 => "orders.created".to_owned(),
+            1 => format!("telemetry.host{}.cpu", n % 97),
+            2 => "a.b.c.d.e".to_owned(),
+            // Rooms the world does not have: nothing to subscribe to, nothing to number.
+            _ => format!("events.player_entered.invented_{n}"),
+        };
+        nats.publish(subject, payload.clone()).await.unwrap();
+    }
+    nats.publish(
+        format!("events.player_entered.{}", alice.room),
+        stranger_entering(&alice.room).to_bytes(),
+    )
+    .await
+    .unwrap();
+    nats.flush().await.unwrap();
+    alice.expect(EventType::PlayerEntered).await;
+    let received = in_messages().await - received_before;
+    assert!(received < 100, "the node received {received} messages");
+    assert_eq!(app.metric("natsmud_nats_slow_consumer_total").await, 0.0);
     assert_eq!(
         alice.ask("who").await.data["result"],
         "Players online (1): Alice"
@@ -204,6 +345,12 @@ async fn nats_going_away_fails_fast_and_the_server_recovers_when_it_returns() {
     assert!(alice.ask("look").await.data_str("result").contains("Exits"));
 
     app.nats = NatsServer::start_on(Some(port));
+    // Cut off from NATS, the node may have missed events: its players are told so and
+    // reconnect, rather than carry on silently behind.
+    for player in [&mut alice, &mut bob] {
+        let reason = player.expect_closed_with(4008).await;
+        assert!(reason.starts_with("events_lost"), "{reason}");
+    }
     let deadline = Instant::now() + Duration::from_secs(15);
     while app.get("/health").await.0 != 200 {
         assert!(
@@ -212,7 +359,11 @@ async fn nats_going_away_fails_fast_and_the_server_recovers_when_it_returns() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The subscription is restored: chat flows again.
+    let mut alice = app.rejoin(&alice).await;
+    let mut bob = app.rejoin(&bob).await;
+    // (Bob's closed connection may announce his departure before he is back.)
+    while alice.next_frame().await.event_type != EventType::PlayerEnteredGame {}
+    // The subscriptions are restored: chat flows again.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         alice.command("say back again").await;
@@ -230,4 +381,38 @@ async fn nats_going_away_fails_fast_and_the_server_recovers_when_it_returns() {
         bob.expect(EventType::ChatMessage).await.data["message"],
         "Alice says: back again"
     );
+}
+
+/// Core NATS delivers at most once: what other connections publish while this node is
+/// cut off never reaches it. Its players must learn that, not sit on a quiet socket.
+#[tokio::test]
+async fn a_node_that_missed_events_while_cut_off_closes_its_players_with_events_lost() {
+    let mut app = TestApp::spawn().await;
+    let mut alice = app.join("Alice").await;
+    let port = app.nats.port;
+    app.nats.stop();
+    app.nats = NatsServer::start_on(Some(port));
+    // Published on the restarted NATS at once, most likely before natsmud is back on it.
+    let nats = outside_client(&app.nats.url).await;
+    nats.publish(
+        format!("events.player_entered.{}", alice.room),
+        stranger_entering(&alice.room).to_bytes(),
+    )
+    .await
+    .unwrap();
+    nats.flush().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let close = loop {
+        assert!(Instant::now() < deadline, "Alice was left open and behind");
+        match alice.next_within(Duration::from_secs(1)).await {
+            Some(common::Received::Closed(close)) => break close,
+            Some(common::Received::Frame(_)) | None => continue,
+        }
+    };
+    let (code, reason) = close.unwrap();
+    assert_eq!(code, 4008);
+    assert!(reason.starts_with("events_lost"), "{reason}");
+    // Her player reconnects and is back in the world.
+    let mut alice = app.rejoin(&alice).await;
+    assert!(alice.ask("look").await.data_str("result").contains("Exits"));
 }

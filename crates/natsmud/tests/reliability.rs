@@ -63,7 +63,16 @@ async fn a_thirty_second_nats_outage_is_ridden_out() {
     }
     assert!(app.get("/metrics").await.0 == 200);
     app.nats = NatsServer::start_on(Some(port));
+    // The node was cut off: its players are told events may be lost, and come back.
+    for player in [&mut alice, &mut bob] {
+        let reason = player.expect_closed_with(4008).await;
+        assert!(reason.starts_with("events_lost"), "{reason}");
+    }
     wait_for_health(&app, 200, Duration::from_secs(15)).await;
+    let mut alice = app.rejoin(&alice).await;
+    let mut bob = app.rejoin(&bob).await;
+    while alice.next_within(common::QUIET).await.is_some() {}
+    while bob.next_within(common::QUIET).await.is_some() {}
     say_until_heard(&mut alice, &mut bob, "we are back").await;
 }
 

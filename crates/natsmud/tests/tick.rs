@@ -112,6 +112,15 @@ async fn a_tick_while_nats_is_down_is_counted_as_failed_and_ticking_resumes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     app.nats = NatsServer::start_on(Some(port));
+    // The node was cut off, so Alice is told events may be lost; she comes back.
+    loop {
+        match alice.next_within(Duration::from_secs(15)).await {
+            Some(Received::Closed(Some((4008, _)))) => break,
+            Some(Received::Frame(_)) => continue,
+            other => panic!("Alice was not told about the outage: {other:?}"),
+        }
+    }
+    let mut alice = app.rejoin(&alice).await;
     // Ticks reach Alice again, with numbers that kept counting through the outage.
     let before = loop {
         match alice.next_within(Duration::from_secs(15)).await {
@@ -126,4 +135,54 @@ async fn a_tick_while_nats_is_down_is_counted_as_failed_and_ticking_resumes() {
         .as_u64()
         .unwrap();
     assert_eq!(after, before + 1);
+}
+
+/// Anyone who can publish on NATS can publish a tick. One numbered far ahead must not
+/// stop the clock ("drop tick numbers already delivered" would then drop every real one),
+/// nor may a stale one repeat a number.
+#[tokio::test]
+async fn a_forged_tick_is_refused_and_the_clock_goes_on() {
+    let app = TestApp::spawn_with(|config| config.tick_interval_ms = 100).await;
+    let mut alice = app.join("Alice").await;
+    let first = next_tick(&mut alice).await.data["tick_number"]
+        .as_u64()
+        .unwrap();
+    let nats = app.outside_client().await;
+    for (number, due) in [
+        (1_000_000_000_000u64, "2026-01-01T00:00:00.000Z"),
+        (first, "2026-01-01T00:00:00.000Z"),
+        (first + 1_000_000, "2099-01-01T00:00:00.000Z"),
+    ] {
+        let forged = natsmud_protocol::Envelope::new(
+            EventType::GameTick,
+            natsmud_protocol::envelope::GameTickData {
+                tick_number: number,
+                timestamp: due.to_owned(),
+                active_players: 0,
+            },
+        )
+        .with_sequence(number);
+        nats.publish("events.game_tick", forged.to_bytes())
+            .await
+            .unwrap();
+    }
+    nats.flush().await.unwrap();
+    // Real ticks keep coming, one number after another.
+    let mut last = first;
+    for _ in 0..10 {
+        let tick = next_tick(&mut alice).await.data["tick_number"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(
+            tick,
+            last + 1,
+            "ticks stopped or skipped after a forged one"
+        );
+        last = tick;
+    }
+    assert!(
+        app.metric("natsmud_events_rejected_total{reason=\"stale_tick\"}")
+            .await
+            >= 1.0
+    );
 }

@@ -3,247 +3,38 @@
 //!
 //! Each connection has a bounded outbound queue drained by one writer task. Delivery never
 //! waits: a full queue closes that connection as a slow consumer (4008) and delivery to
-//! everyone else goes on. The state lock is a plain `std` lock, only ever held for map
-//! operations and `try_send`s, never across an `.await`.
+//! everyone else goes on.
+//!
+//! Locks are small and never held across an `.await`:
+//! - one per room (the world's rooms are fixed at start), holding the room's members and
+//!   its event numbering. A room event is numbered and handed to the room's members under
+//!   that room's lock, and a player enters a room (its `game_state` or `room_update`
+//!   queued, with the number the room is at) under the same lock, so an arriving player
+//!   gets exactly the room's events numbered after the one its greeting names.
+//! - one per shard of the player table (who is connected, by id), with a snapshot of the
+//!   shard's members that broadcasts (ticks, global chat) walk outside any lock.
+//!
+//! Lock order, so no two paths can wait on each other: player shard, then the name table,
+//! then rooms in increasing index.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
-use natsmud_protocol::{ClientMessage, Envelope, PlayerId, PlayerName, RoomId};
-use serde::Serialize;
+use natsmud_protocol::envelope::splice_sequence;
+use natsmud_protocol::{ClientMessage, PlayerId, PlayerName, RoomId, SubZoneId};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-/// One serialised envelope, shared by every recipient (cloning is a reference count).
-pub type Frame = Utf8Bytes;
+use super::connection::{COMMAND_QUEUE, Member, NO_ROOM};
+pub use super::connection::{
+    CloseReason, ConnectionHandle, DIRECT_REPLY_WAIT, Frame, Kick, Queued, Transport,
+};
+use crate::world::World;
 
-/// A frame waiting in a connection's queue, with when this node got it (for the
-/// NATS → socket latency metric).
-#[derive(Debug, Clone)]
-pub struct Queued {
-    pub frame: Frame,
-    pub since: Instant,
-}
-
-/// How long a reply waits for room in its connection's queue before the connection is
-/// closed as a slow consumer.
-pub const DIRECT_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Commands a connection accepts from outside its own socket (`POST /api/command`) wait
-/// here; more than this and the sender is told to slow down.
-pub const COMMAND_QUEUE: usize = 32;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    WebSocket,
-    Sse,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::WebSocket => "websocket",
-            Self::Sse => "sse",
-        }
-    }
-}
-
-/// Why the server closes a connection; sent as the WebSocket close frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseReason {
-    pub code: u16,
-    pub reason: &'static str,
-    /// Whether frames already queued are written before the close frame. A slow consumer's
-    /// queue is dropped: it is the reason for closing.
-    pub drain: bool,
-}
-
-impl CloseReason {
-    pub const NORMAL: Self = Self {
-        code: 1000,
-        reason: "goodbye",
-        drain: true,
-    };
-    pub const SHUTDOWN: Self = Self {
-        code: 1001,
-        reason: "server shutting down",
-        drain: true,
-    };
-    pub const PING_TIMEOUT: Self = Self {
-        code: 1001,
-        reason: "ping timeout",
-        drain: false,
-    };
-    pub const UNSUPPORTED: Self = Self {
-        code: 1003,
-        reason: "binary frames are not supported",
-        drain: true,
-    };
-    pub const TOO_BIG: Self = Self {
-        code: 1009,
-        reason: "frame too large",
-        drain: true,
-    };
-    pub const REPLACED: Self = Self {
-        code: 4001,
-        reason: "logged in from another connection",
-        drain: true,
-    };
-    pub const RATE_LIMITED: Self = Self {
-        code: 1008,
-        reason: "rate limit exceeded",
-        drain: true,
-    };
-    /// NATS dropped events bound for this node: nobody here can know what they missed.
-    pub const EVENTS_LOST: Self = Self {
-        code: 4008,
-        reason: "events lost on the server; reconnect",
-        drain: true,
-    };
-    pub const SLOW_CONSUMER: Self = Self {
-        code: 4008,
-        reason: "slow consumer",
-        drain: false,
-    };
-}
-
-/// Closes a connection from anywhere (the router, a replacing login, shutdown) even when
-/// its queue is full.
-#[derive(Debug, Default)]
-pub struct Kick {
-    token: CancellationToken,
-    reason: OnceLock<CloseReason>,
-}
-
-impl Kick {
-    /// The first reason wins; later ones are ignored.
-    pub fn close(&self, reason: CloseReason) {
-        let _ = self.reason.set(reason);
-        self.token.cancel();
-    }
-
-    pub fn reason(&self) -> CloseReason {
-        self.reason.get().copied().unwrap_or(CloseReason::NORMAL)
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
-    pub async fn closed(&self) {
-        self.token.cancelled().await
-    }
-}
-
-/// A connected player as the router sees it.
-#[derive(Debug)]
-struct Member {
-    connection: u64,
-    name: PlayerName,
-    tx: mpsc::Sender<Queued>,
-    commands: mpsc::Sender<ClientMessage>,
-    kick: Arc<Kick>,
-    /// Who whispered to this player last, for `reply`.
-    last_whisper_from: Mutex<Option<PlayerId>>,
-}
-
-impl Member {
-    fn offer(&self, frame: &Frame, since: Instant) -> bool {
-        let queued = Queued {
-            frame: frame.clone(),
-            since,
-        };
-        match self.tx.try_send(queued) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                slow_consumer(&self.kick);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct State {
-    players: HashMap<PlayerId, (Arc<Member>, RoomId)>,
-    rooms: HashMap<RoomId, Vec<(PlayerId, Arc<Member>)>>,
-    by_name: HashMap<String, PlayerId>,
-    accepting: bool,
-}
-
-impl State {
-    fn add_to_room(&mut self, room: &RoomId, player: &PlayerId, member: &Arc<Member>) {
-        self.rooms
-            .entry(room.clone())
-            .or_default()
-            .push((player.clone(), member.clone()));
-    }
-
-    fn remove_from_room(&mut self, room: &RoomId, player: &PlayerId) {
-        if let Some(members) = self.rooms.get_mut(room) {
-            members.retain(|(id, _)| id != player);
-            if members.is_empty() {
-                self.rooms.remove(room);
-            }
-        }
-    }
-}
-
-fn slow_consumer(kick: &Kick) {
-    if !kick.is_closed() {
-        metrics::counter!(crate::telemetry::SLOW_CONSUMERS).increment(1);
-    }
-    kick.close(CloseReason::SLOW_CONSUMER);
-}
-
-/// What a connection's own tasks hold.
-#[derive(Debug)]
-pub struct ConnectionHandle {
-    pub player_id: PlayerId,
-    pub name: PlayerName,
-    pub connection: u64,
-    pub transport: Transport,
-    pub kick: Arc<Kick>,
-    tx: mpsc::Sender<Queued>,
-    direct_sequence: AtomicU64,
-}
-
-impl ConnectionHandle {
-    /// Sends a direct reply (never through NATS) numbered by this connection's own counter.
-    ///
-    /// Unlike fan-out, this waits for room in the queue: it runs on the connection's own
-    /// command task, so a client that sends commands faster than it reads the replies is
-    /// slowed down rather than cut off. One that stops reading altogether is closed as a
-    /// slow consumer after [`DIRECT_REPLY_WAIT`].
-    pub async fn send_direct<D: Serialize>(&self, envelope: Envelope<D>) {
-        let sequence = self.direct_sequence.fetch_add(1, Ordering::Relaxed) + 1;
-        let bytes = envelope.with_sequence(sequence).to_bytes();
-        let Ok(frame) = Frame::try_from(bytes) else {
-            return;
-        };
-        let queued = Queued {
-            frame,
-            since: Instant::now(),
-        };
-        let queued = match self.tx.try_send(queued) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
-            Err(mpsc::error::TrySendError::Full(queued)) => queued,
-        };
-        let kick = &self.kick;
-        tokio::select! {
-            biased;
-            sent = self.tx.send(queued) => drop(sent),
-            // A connection closed without draining will never make room.
-            _ = async { kick.closed().await; if kick.reason().drain { std::future::pending::<()>().await } } => {}
-            _ = tokio::time::sleep(DIRECT_REPLY_WAIT) => slow_consumer(kick),
-        }
-    }
-}
+/// Shards of the player table: enough that connects on different workers rarely meet,
+/// few enough that a broadcast's walk over them costs nothing.
+const SHARDS: usize = 64;
 
 /// The result of registering a connection.
 #[derive(Debug)]
@@ -265,139 +56,345 @@ pub enum ManagerError {
     NotConnected,
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("the server is full")]
+    Full,
     #[error("too many commands are waiting; slow down")]
     Busy,
+    #[error("no such room")]
+    UnknownRoom,
+}
+
+/// What a greeting or a `room_update` is made from, read under the room's lock.
+#[derive(Debug)]
+pub struct Arrival<'a> {
+    pub room: &'a RoomId,
+    /// Names of the players in the room (the arriving one included), sorted.
+    pub occupants: Vec<String>,
+    /// The number of the room's last event before the arrival.
+    pub sequence: u64,
+}
+
+#[derive(Debug, Default)]
+struct RoomState {
+    /// The number of the room's last event on this node.
+    sequence: u64,
+    members: Vec<Arc<Member>>,
+}
+
+impl RoomState {
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.members.iter().map(|m| m.name.to_string()).collect();
+        names.sort_unstable_by_key(|n| n.to_ascii_lowercase());
+        names
+    }
+
+    fn remove(&mut self, member: &Arc<Member>) -> bool {
+        match self.members.iter().position(|m| Arc::ptr_eq(m, member)) {
+            Some(at) => {
+                self.members.swap_remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RoomSlot {
+    id: RoomId,
+    state: Mutex<RoomState>,
+}
+
+#[derive(Debug)]
+struct Shard {
+    accepting: bool,
+    by_id: HashMap<PlayerId, Arc<Member>>,
+    /// The members as a broadcast walks them; rebuilt after a change, when next needed.
+    snapshot: Option<Arc<[Arc<Member>]>>,
+    /// Each player's action lock, shared by its successive connections (see
+    /// [`Member::actions`]); dropped once nothing holds it.
+    actions: HashMap<PlayerId, Weak<tokio::sync::Mutex<()>>>,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self {
+            accepting: true,
+            by_id: HashMap::new(),
+            snapshot: None,
+            actions: HashMap::new(),
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct ConnectionManager {
-    state: RwLock<State>,
+    rooms: Vec<RoomSlot>,
+    room_index: HashMap<RoomId, usize>,
+    /// Each sub-zone's rooms, by index, in increasing order (the order they are locked in).
+    sub_zones: HashMap<SubZoneId, Vec<usize>>,
+    shards: Vec<Mutex<Shard>>,
+    by_name: RwLock<HashMap<String, Arc<Member>>>,
+    connected: AtomicUsize,
     next_connection: AtomicU64,
     queue_capacity: usize,
+    shutting_down: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves at worst a stale entry, which is
+    // better than refusing every later connection, so a poisoned lock is used as is.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn shard_of(player: &str) -> usize {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    (SEED.get_or_init(Default::default).hash_one(player) as usize) % SHARDS
 }
 
 impl ConnectionManager {
-    pub fn new(queue_capacity: usize) -> Self {
+    /// A manager for the rooms of `world`, each connection queueing at most
+    /// `queue_capacity` frames.
+    pub fn new(world: &World, queue_capacity: usize) -> Self {
+        let mut ids: Vec<RoomId> = world.rooms().map(|room| room.id.clone()).collect();
+        ids.sort();
+        let room_index: HashMap<RoomId, usize> = ids
+            .iter()
+            .enumerate()
+            .map(|(index, id)| (id.clone(), index))
+            .collect();
+        let sub_zones = world
+            .sub_zones()
+            .map(|(sub_zone, rooms)| {
+                let mut indexes: Vec<usize> = rooms
+                    .iter()
+                    .filter_map(|room| room_index.get(room).copied())
+                    .collect();
+                indexes.sort_unstable();
+                (sub_zone.clone(), indexes)
+            })
+            .collect();
         Self {
-            state: RwLock::new(State {
-                accepting: true,
-                ..State::default()
-            }),
+            rooms: ids
+                .into_iter()
+                .map(|id| RoomSlot {
+                    id,
+                    state: Mutex::new(RoomState::default()),
+                })
+                .collect(),
+            room_index,
+            sub_zones,
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            by_name: RwLock::new(HashMap::new()),
+            connected: AtomicUsize::new(0),
             next_connection: AtomicU64::new(1),
             queue_capacity: queue_capacity.max(1),
+            shutting_down: AtomicBool::new(false),
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, State> {
-        // A panic while holding the lock cannot leave these maps half-updated in a way
-        // that matters more than stopping delivery would, so a poisoned lock is used as is.
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+    fn shard(&self, player: &str) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[shard_of(player)])
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+    fn room_state(&self, index: usize) -> Option<MutexGuard<'_, RoomState>> {
+        self.rooms.get(index).map(|slot| lock(&slot.state))
+    }
+
+    /// The room index of a room of this world.
+    pub fn room_index(&self, room: &str) -> Option<usize> {
+        self.room_index.get(room).copied()
+    }
+
+    pub fn has_sub_zone(&self, sub_zone: &str) -> bool {
+        self.sub_zones.contains_key(sub_zone)
+    }
+
+    /// Every room's id, in index order.
+    pub fn room_ids(&self) -> impl Iterator<Item = &RoomId> {
+        self.rooms.iter().map(|slot| &slot.id)
+    }
+
+    /// The lock that `player`'s commands hold while they move the player, shared by all of
+    /// its connections. A login takes it before replacing a connection.
+    pub fn action_lock(&self, player: &PlayerId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut shard = self.shard(player.as_str());
+        if let Some(lock) = shard.actions.get(player).and_then(Weak::upgrade) {
+            return lock;
+        }
+        // Forget the locks nobody holds any more, now and then, so the map stays the size
+        // of the players who are connected or connecting.
+        if shard.actions.len() > 2 * shard.by_id.len() + 16 {
+            shard.actions.retain(|_, lock| lock.strong_count() > 0);
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        shard.actions.insert(player.clone(), Arc::downgrade(&lock));
+        lock
     }
 
     /// Registers a connection for `player` in `room`. A second connection of the same
     /// player replaces the first (closed with 4001) and keeps its room.
     ///
-    /// `greeting` makes the connection's first frame (direct sequence 1) from the room and
-    /// its occupants; it is queued before the player joins the room, so no event can come
-    /// first.
+    /// `greeting` makes the connection's first frame (direct sequence 1) from the room; it
+    /// is queued under the room's lock before the player joins it, so no event of the room
+    /// comes first and every event numbered after `Arrival::sequence` follows it.
+    ///
+    /// `max_players` (0: no limit) bounds the players connected here; a connection that
+    /// replaces one of the same player is always let in.
     pub fn connect(
         &self,
         player: PlayerId,
         name: PlayerName,
-        room: RoomId,
+        room: &RoomId,
         transport: Transport,
-        greeting: impl FnOnce(&RoomId, Vec<String>) -> bytes::Bytes,
+        max_players: usize,
+        greeting: impl FnOnce(Arrival<'_>) -> bytes::Bytes,
     ) -> Result<Connected, ManagerError> {
+        let wanted = self
+            .room_index(room.as_str())
+            .ok_or(ManagerError::UnknownRoom)?;
         let (tx, outbound) = mpsc::channel(self.queue_capacity);
         let (command_tx, commands) = mpsc::channel(COMMAND_QUEUE);
-        let kick = Arc::new(Kick::default());
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let member = Arc::new(Member {
-            connection,
-            name: name.clone(),
-            tx: tx.clone(),
-            commands: command_tx,
-            kick: kick.clone(),
-            last_whisper_from: Mutex::new(None),
-        });
-        let mut state = self.write();
-        if !state.accepting {
+
+        let mut shard = self.shard(player.as_str());
+        if !shard.accepting {
             return Err(ManagerError::ShuttingDown);
         }
-        let (room, entered_game) = match state.players.remove(&player) {
-            Some((old, old_room)) => {
-                old.kick.close(CloseReason::REPLACED);
-                state.remove_from_room(&old_room, &player);
-                (old_room, false)
+        let old = shard.by_id.get(&player).cloned();
+        if old.is_none() {
+            let reserved = self
+                .connected
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (max_players == 0 || n < max_players).then_some(n + 1)
+                });
+            if reserved.is_err() {
+                return Err(ManagerError::Full);
             }
-            None => (room, true),
-        };
-        let mut occupants: Vec<String> = state
-            .rooms
-            .get(&room)
-            .map(|members| members.iter().map(|(_, m)| m.name.to_string()).collect())
-            .unwrap_or_default();
-        occupants.push(name.to_string());
-        occupants.sort_unstable_by_key(|n| n.to_ascii_lowercase());
-        let greeting = greeting(&room, occupants);
-        if !greeting.is_empty()
-            && let Ok(frame) = Frame::try_from(greeting)
-        {
-            // The queue is new and empty: this cannot be full.
-            let _ = tx.try_send(Queued {
-                frame,
-                since: Instant::now(),
-            });
         }
-        state.add_to_room(&room, &player, &member);
-        state.by_name.insert(name.folded(), player.clone());
-        state.players.insert(player.clone(), (member, room.clone()));
-        drop(state);
+        let actions = match shard.actions.get(&player).and_then(Weak::upgrade) {
+            Some(lock) => lock,
+            None => {
+                let lock = Arc::new(tokio::sync::Mutex::new(()));
+                shard.actions.insert(player.clone(), Arc::downgrade(&lock));
+                lock
+            }
+        };
+        let member = Arc::new(Member {
+            player: player.clone(),
+            name: name.clone(),
+            connection,
+            tx,
+            commands: command_tx,
+            kick: Arc::new(Kick::default()),
+            room: std::sync::atomic::AtomicUsize::new(NO_ROOM),
+            last_whisper_from: std::sync::Mutex::new(None),
+            whispers: AtomicU64::new(0),
+            actions,
+        });
+        let index = match &old {
+            Some(old) => {
+                old.kick.close(CloseReason::REPLACED);
+                match self.leave_room(old) {
+                    Some(index) => index,
+                    None => wanted,
+                }
+            }
+            None => wanted,
+        };
+        {
+            let mut names = self.by_name.write().unwrap_or_else(|e| e.into_inner());
+            names.insert(name.folded(), member.clone());
+        }
+        let slot = &self.rooms[index];
+        {
+            let mut state = lock(&slot.state);
+            let mut occupants = state.names();
+            occupants.push(name.to_string());
+            occupants.sort_unstable_by_key(|n| n.to_ascii_lowercase());
+            let greeting = greeting(Arrival {
+                room: &slot.id,
+                occupants,
+                sequence: state.sequence,
+            });
+            if !greeting.is_empty()
+                && let Ok(frame) = Frame::try_from(greeting)
+            {
+                // The queue is new and empty: this cannot be full.
+                let _ = member.tx.try_send(Queued {
+                    frame,
+                    since: Instant::now(),
+                });
+            }
+            member.room.store(index, Ordering::Release);
+            state.members.push(member.clone());
+        }
+        shard.by_id.insert(player, member.clone());
+        shard.snapshot = None;
+        drop(shard);
         Ok(Connected {
-            handle: ConnectionHandle {
-                player_id: player,
-                name,
-                connection,
-                transport,
-                kick,
-                tx,
-                direct_sequence: AtomicU64::new(1),
-            },
+            handle: ConnectionHandle::new(member, transport),
             outbound,
             commands,
-            room,
-            entered_game,
+            room: slot.id.clone(),
+            entered_game: old.is_none(),
         })
+    }
+
+    /// Takes `member` out of its room; returns the room's index.
+    fn leave_room(&self, member: &Arc<Member>) -> Option<usize> {
+        loop {
+            let index = member.room.load(Ordering::Acquire);
+            let mut state = self.room_state(index)?;
+            // A move may have changed the member's room between the load and the lock.
+            if member.room.load(Ordering::Acquire) != index {
+                continue;
+            }
+            state.remove(member);
+            member.room.store(NO_ROOM, Ordering::Release);
+            return Some(index);
+        }
     }
 
     /// Removes the connection if it is still the player's current one; returns the room the
     /// player left, so the caller can tell it.
-    pub fn disconnect(&self, player: &PlayerId, connection: u64) -> Option<RoomId> {
-        let mut state = self.write();
-        let current = state
-            .players
-            .get(player)
-            .is_some_and(|(member, _)| member.connection == connection);
+    pub fn disconnect(&self, handle: &ConnectionHandle) -> Option<RoomId> {
+        let member = &handle.member;
+        let mut shard = self.shard(member.player.as_str());
+        let current = shard
+            .by_id
+            .get(&member.player)
+            .is_some_and(|m| Arc::ptr_eq(m, member));
         if !current {
             return None;
         }
-        let (member, room) = state.players.remove(player)?;
-        state.remove_from_room(&room, player);
-        state.by_name.remove(&member.name.folded());
-        Some(room)
+        shard.by_id.remove(&member.player);
+        shard.snapshot = None;
+        self.connected.fetch_sub(1, Ordering::AcqRel);
+        {
+            let mut names = self.by_name.write().unwrap_or_else(|e| e.into_inner());
+            if names
+                .get(&member.name.folded())
+                .is_some_and(|m| Arc::ptr_eq(m, member))
+            {
+                names.remove(&member.name.folded());
+            }
+        }
+        let index = self.leave_room(member)?;
+        drop(shard);
+        Some(self.rooms[index].id.clone())
     }
 
     /// Hands a client message to the player's connection, which runs it in order with the
     /// ones from its own socket.
     pub fn submit(&self, player: &str, message: ClientMessage) -> Result<(), ManagerError> {
-        let state = self.read();
-        let (member, _) = state
-            .players
+        let member = self
+            .shard(player)
+            .by_id
             .get(player)
+            .cloned()
             .ok_or(ManagerError::NotConnected)?;
         member.commands.try_send(message).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ManagerError::Busy,
@@ -405,169 +402,229 @@ impl ConnectionManager {
         })
     }
 
-    /// Moves a connected player; returns the room it left.
-    pub fn move_player(&self, player: &PlayerId, to: &RoomId) -> Result<RoomId, ManagerError> {
-        let mut state = self.write();
-        let (member, from) = state
-            .players
-            .get(player)
-            .map(|(m, r)| (m.clone(), r.clone()))
-            .ok_or(ManagerError::NotConnected)?;
-        state.remove_from_room(&from, player);
-        state.add_to_room(to, player, &member);
-        if let Some(entry) = state.players.get_mut(player) {
-            entry.1 = to.clone();
+    /// Moves this connection's player to `to`. Under the two rooms' locks: out of the old
+    /// room, `update` (the mover's `room_update`) queued with `permit`, into the new room —
+    /// so the mover's next frame of the new room is the one numbered after
+    /// `Arrival::sequence`. Returns the room left. Fails when this connection is no
+    /// longer the player's (replaced or closed).
+    pub fn move_to(
+        &self,
+        handle: &ConnectionHandle,
+        to: &RoomId,
+        permit: mpsc::Permit<'_, Queued>,
+        update: impl FnOnce(Arrival<'_>) -> bytes::Bytes,
+    ) -> Result<RoomId, ManagerError> {
+        let member = &handle.member;
+        let to_index = self
+            .room_index(to.as_str())
+            .ok_or(ManagerError::UnknownRoom)?;
+        loop {
+            let from_index = member.room.load(Ordering::Acquire);
+            if from_index == NO_ROOM {
+                return Err(ManagerError::NotConnected);
+            }
+            let (mut from, mut into) = if from_index == to_index {
+                (None, lock(&self.rooms[to_index].state))
+            } else if from_index < to_index {
+                let from = lock(&self.rooms[from_index].state);
+                (Some(from), lock(&self.rooms[to_index].state))
+            } else {
+                let into = lock(&self.rooms[to_index].state);
+                (Some(lock(&self.rooms[from_index].state)), into)
+            };
+            if member.room.load(Ordering::Acquire) != from_index {
+                continue;
+            }
+            match from.as_mut() {
+                Some(from) => {
+                    if !from.remove(member) {
+                        return Err(ManagerError::NotConnected);
+                    }
+                }
+                None => {
+                    if !into.remove(member) {
+                        return Err(ManagerError::NotConnected);
+                    }
+                }
+            }
+            let mut occupants = into.names();
+            occupants.push(member.name.to_string());
+            occupants.sort_unstable_by_key(|n| n.to_ascii_lowercase());
+            let bytes = update(Arrival {
+                room: &self.rooms[to_index].id,
+                occupants,
+                sequence: into.sequence,
+            });
+            if let Ok(frame) = Frame::try_from(bytes) {
+                permit.send(Queued {
+                    frame,
+                    since: Instant::now(),
+                });
+            }
+            member.room.store(to_index, Ordering::Release);
+            into.members.push(member.clone());
+            return Ok(self.rooms[from_index].id.clone());
         }
-        Ok(from)
     }
 
-    pub fn room_of(&self, player: &PlayerId) -> Option<RoomId> {
-        self.read()
-            .players
-            .get(player)
-            .map(|(_, room)| room.clone())
+    /// The room this connection's player is in; `None` once the connection is replaced or
+    /// closed.
+    pub fn room_of(&self, handle: &ConnectionHandle) -> Option<RoomId> {
+        let index = handle.member.room.load(Ordering::Acquire);
+        self.rooms.get(index).map(|slot| slot.id.clone())
     }
 
     /// Names of the players in `room`, sorted.
     pub fn occupants(&self, room: &RoomId) -> Vec<String> {
-        let state = self.read();
-        let mut names: Vec<String> = state
-            .rooms
-            .get(room)
-            .map(|members| members.iter().map(|(_, m)| m.name.to_string()).collect())
-            .unwrap_or_default();
-        names.sort_unstable_by_key(|n| n.to_ascii_lowercase());
-        names
+        self.room_index(room.as_str())
+            .and_then(|index| self.room_state(index))
+            .map(|state| state.names())
+            .unwrap_or_default()
     }
 
     /// A connected player by name, case-insensitively.
     pub fn find_by_name(&self, name: &str) -> Option<(PlayerId, PlayerName)> {
-        let state = self.read();
-        let id = state.by_name.get(&name.to_ascii_lowercase())?;
-        let (member, _) = state.players.get(id)?;
-        Some((id.clone(), member.name.clone()))
+        let names = self.by_name.read().unwrap_or_else(|e| e.into_inner());
+        let member = names.get(&name.to_ascii_lowercase())?;
+        Some((member.player.clone(), member.name.clone()))
     }
 
     pub fn name_of(&self, player: &PlayerId) -> Option<PlayerName> {
-        self.read().players.get(player).map(|(m, _)| m.name.clone())
+        self.shard(player.as_str())
+            .by_id
+            .get(player)
+            .map(|m| m.name.clone())
     }
 
-    pub fn last_whisper_from(&self, player: &PlayerId) -> Option<PlayerId> {
-        let state = self.read();
-        let (member, _) = state.players.get(player)?;
-        member
-            .last_whisper_from
-            .lock()
-            .map(|g| g.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
+    pub fn is_connected(&self, player: &str) -> bool {
+        self.shard(player).by_id.contains_key(player)
     }
 
     /// Every connected player's name, sorted.
     pub fn who(&self) -> Vec<String> {
-        let state = self.read();
-        let mut names: Vec<String> = state
-            .players
-            .values()
-            .map(|(m, _)| m.name.to_string())
-            .collect();
+        let mut names: Vec<String> = Vec::with_capacity(self.connected_count());
+        for shard in &self.shards {
+            names.extend(lock(shard).by_id.values().map(|m| m.name.to_string()));
+        }
         names.sort_unstable_by_key(|n| n.to_ascii_lowercase());
         names
     }
 
     pub fn connected_count(&self) -> usize {
-        self.read().players.len()
+        self.connected.load(Ordering::Acquire)
     }
 
-    /// Delivers to the members of `room`, except the actor. Returns how many got it.
+    /// Numbers a room event (the room's next number, spliced into `payload`) and queues it
+    /// for the room's members except the actor. `None` when `room` is not a room of this
+    /// world or `payload` is not a JSON object; else how many got it.
     pub fn deliver_room(
         &self,
         room: &str,
         actor: Option<&str>,
-        frame: &Frame,
+        payload: &[u8],
         since: Instant,
-    ) -> usize {
-        let state = self.read();
-        deliver_to_members(state.rooms.get(room), actor, frame, since)
+    ) -> Option<usize> {
+        let index = self.room_index(room)?;
+        let mut state = lock(&self.rooms[index].state);
+        let frame = Frame::try_from(splice_sequence(payload, state.sequence + 1)?).ok()?;
+        state.sequence += 1;
+        Some(offer_all(&state.members, actor, &frame, since))
     }
 
-    /// Delivers to the members of each of `rooms`, except the actor.
-    pub fn deliver_rooms(
+    /// Delivers to the members of every room of `sub_zone`, except the actor. All of the
+    /// sub-zone's rooms are held at once, so a player walking between two of them gets the
+    /// event exactly once. `None` when the sub-zone is not one of this world's.
+    pub fn deliver_sub_zone(
         &self,
-        rooms: &[RoomId],
+        sub_zone: &str,
         actor: Option<&str>,
         frame: &Frame,
         since: Instant,
-    ) -> usize {
-        let state = self.read();
-        rooms
+    ) -> Option<usize> {
+        let rooms = self.sub_zones.get(sub_zone)?;
+        let states: Vec<MutexGuard<'_, RoomState>> = rooms
             .iter()
-            .map(|room| deliver_to_members(state.rooms.get(room), actor, frame, since))
-            .sum()
+            .map(|&index| lock(&self.rooms[index].state))
+            .collect();
+        Some(
+            states
+                .iter()
+                .map(|state| offer_all(&state.members, actor, frame, since))
+                .sum(),
+        )
     }
 
-    /// Delivers to every connected player, except the actor.
+    /// Delivers to every connected player, except the actor. No lock is held while the
+    /// frames are handed out: each shard's member list is a snapshot.
     pub fn deliver_all(&self, actor: Option<&str>, frame: &Frame, since: Instant) -> usize {
-        let state = self.read();
-        state
-            .players
-            .iter()
-            .filter(|(id, _)| Some(id.as_str()) != actor)
-            .filter(|(_, (member, _))| member.offer(frame, since))
-            .count()
+        let mut delivered = 0;
+        for shard in &self.shards {
+            let snapshot = {
+                let mut shard = lock(shard);
+                match &shard.snapshot {
+                    Some(snapshot) => snapshot.clone(),
+                    None => {
+                        let snapshot: Arc<[Arc<Member>]> = shard.by_id.values().cloned().collect();
+                        shard.snapshot = Some(snapshot.clone());
+                        snapshot
+                    }
+                }
+            };
+            delivered += offer_all(&snapshot, actor, frame, since);
+        }
+        delivered
     }
 
-    /// Delivers a whisper to its target, remembering the sender for `reply`.
+    /// Numbers a whisper in its target's whisper stream and queues it, remembering the
+    /// sender for `reply`. `None` when the target is not connected here.
     pub fn deliver_whisper(
         &self,
         target: &str,
         sender: Option<PlayerId>,
-        frame: &Frame,
+        payload: &[u8],
         since: Instant,
-    ) -> usize {
-        let state = self.read();
-        let Some((member, _)) = state.players.get(target) else {
-            return 0;
-        };
+    ) -> Option<usize> {
+        let member = self.shard(target).by_id.get(target).cloned()?;
+        let sequence = member.whispers.fetch_add(1, Ordering::AcqRel) + 1;
+        let frame = Frame::try_from(splice_sequence(payload, sequence)?).ok()?;
         if let Some(sender) = sender {
-            match member.last_whisper_from.lock() {
-                Ok(mut last) => *last = Some(sender),
-                Err(poisoned) => *poisoned.into_inner() = Some(sender),
-            }
+            member.remember_whisper_from(sender);
         }
-        usize::from(member.offer(frame, since))
+        Some(usize::from(member.offer(&frame, since)))
     }
 
     /// Closes every open connection with `reason`, still accepting new ones.
     pub fn kick_all(&self, reason: CloseReason) {
-        let state = self.read();
-        for (member, _) in state.players.values() {
-            member.kick.close(reason);
+        for shard in &self.shards {
+            for member in lock(shard).by_id.values() {
+                member.kick.close(reason);
+            }
         }
     }
 
     /// Stops new connections and closes every open one with `reason`.
     pub fn close_all(&self, reason: CloseReason) {
-        let mut state = self.write();
-        state.accepting = false;
-        for (member, _) in state.players.values() {
-            member.kick.close(reason);
+        self.shutting_down.store(true, Ordering::Release);
+        for shard in &self.shards {
+            let mut shard = lock(shard);
+            shard.accepting = false;
+            for member in shard.by_id.values() {
+                member.kick.close(reason);
+            }
         }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
     }
 }
 
-fn deliver_to_members(
-    members: Option<&Vec<(PlayerId, Arc<Member>)>>,
-    actor: Option<&str>,
-    frame: &Frame,
-    since: Instant,
-) -> usize {
-    members.map_or(0, |members| {
-        members
-            .iter()
-            .filter(|(id, _)| Some(id.as_str()) != actor)
-            .filter(|(_, member)| member.offer(frame, since))
-            .count()
-    })
+fn offer_all(members: &[Arc<Member>], actor: Option<&str>, frame: &Frame, since: Instant) -> usize {
+    members
+        .iter()
+        .filter(|member| Some(member.player.as_str()) != actor)
+        .filter(|member| member.offer(frame, since))
+        .count()
 }
 
 #[cfg(test)]
@@ -580,125 +637,186 @@ mod tests {
     fn name(s: &str) -> PlayerName {
         PlayerName::parse(s).unwrap_or_else(|e| panic!("{e}"))
     }
-    fn room(s: &str) -> RoomId {
-        RoomId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+
+    /// The built-in world and two rooms joined by an exit.
+    fn setup(queue: usize) -> (ConnectionManager, RoomId, RoomId) {
+        let world = World::built_in().unwrap_or_else(|e| panic!("{e}"));
+        let start = world.start().id.clone();
+        let next = world
+            .start()
+            .exits
+            .values()
+            .next()
+            .cloned()
+            .unwrap_or_else(|| panic!("the start room has an exit"));
+        (ConnectionManager::new(&world, queue), start, next)
+    }
+
+    fn join(manager: &ConnectionManager, who: &str, at: &RoomId) -> Connected {
+        manager
+            .connect(
+                id(&who.to_ascii_lowercase()),
+                name(who),
+                at,
+                Transport::WebSocket,
+                0,
+                |view| bytes::Bytes::from(format!("{{\"room_sequence\":{}}}", view.sequence)),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn walk(
+        manager: &ConnectionManager,
+        who: &Connected,
+        to: &RoomId,
+    ) -> Result<RoomId, ManagerError> {
+        let permit = who
+            .handle
+            .member
+            .tx
+            .try_reserve()
+            .unwrap_or_else(|e| panic!("{e}"));
+        manager.move_to(&who.handle, to, permit, |view| {
+            bytes::Bytes::from(format!("{{\"room_sequence\":{}}}", view.sequence))
+        })
+    }
+
+    fn frames(connected: &mut Connected) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(queued) = connected.outbound.try_recv() {
+            out.push(queued.frame.to_string());
+        }
+        out
     }
 
     #[test]
     fn membership_has_no_ghosts() {
-        let manager = ConnectionManager::new(4);
-        let a = manager
-            .connect(
-                id("a"),
-                name("Alice"),
-                room("r1"),
-                Transport::WebSocket,
-                |_, _| bytes::Bytes::new(),
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        let _b = manager
-            .connect(
-                id("b"),
-                name("Bob"),
-                room("r1"),
-                Transport::WebSocket,
-                |_, _| bytes::Bytes::new(),
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(manager.occupants(&room("r1")), vec!["Alice", "Bob"]);
-        assert_eq!(
-            manager.move_player(&id("a"), &room("r2")).ok(),
-            Some(room("r1"))
-        );
-        assert_eq!(manager.occupants(&room("r1")), vec!["Bob"]);
-        assert_eq!(manager.occupants(&room("r2")), vec!["Alice"]);
+        let (manager, r1, r2) = setup(4);
+        let a = join(&manager, "Alice", &r1);
+        let _b = join(&manager, "Bob", &r1);
+        assert_eq!(manager.occupants(&r1), vec!["Alice", "Bob"]);
+        assert_eq!(walk(&manager, &a, &r2).ok(), Some(r1.clone()));
+        assert_eq!(manager.occupants(&r1), vec!["Bob"]);
+        assert_eq!(manager.occupants(&r2), vec!["Alice"]);
         // A replacing login keeps the room and closes the old connection.
-        let a2 = manager
-            .connect(
-                id("a"),
-                name("Alice"),
-                room("r1"),
-                Transport::WebSocket,
-                |_, _| bytes::Bytes::new(),
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(a2.room, room("r2"));
+        let a2 = join(&manager, "Alice", &r1);
+        assert_eq!(a2.room, r2);
         assert!(!a2.entered_game);
         assert_eq!(a.handle.kick.reason(), CloseReason::REPLACED);
         // The old connection's cleanup must not remove the new one.
-        assert_eq!(manager.disconnect(&id("a"), a.handle.connection), None);
-        assert_eq!(manager.occupants(&room("r2")), vec!["Alice"]);
-        assert_eq!(
-            manager.disconnect(&id("a"), a2.handle.connection),
-            Some(room("r2"))
-        );
-        assert!(manager.occupants(&room("r2")).is_empty());
+        assert_eq!(manager.disconnect(&a.handle), None);
+        assert_eq!(manager.occupants(&r2), vec!["Alice"]);
+        assert_eq!(manager.disconnect(&a2.handle), Some(r2.clone()));
+        assert!(manager.occupants(&r2).is_empty());
         assert_eq!(manager.who(), vec!["Bob"]);
+        assert_eq!(manager.connected_count(), 1);
         assert!(manager.find_by_name("alice").is_none());
         assert!(manager.find_by_name("BOB").is_some());
     }
 
     #[test]
+    fn a_replaced_connection_cannot_move_its_successor() {
+        let (manager, r1, r2) = setup(4);
+        let old = join(&manager, "Alice", &r1);
+        let new = join(&manager, "Alice", &r1);
+        assert!(matches!(
+            walk(&manager, &old, &r2),
+            Err(ManagerError::NotConnected)
+        ));
+        assert_eq!(manager.occupants(&r1), vec!["Alice"]);
+        assert!(manager.occupants(&r2).is_empty());
+        assert_eq!(manager.room_of(&old.handle), None);
+        assert_eq!(manager.room_of(&new.handle), Some(r1));
+    }
+
+    #[test]
+    fn greetings_and_moves_name_where_the_room_numbering_stands() {
+        let (manager, r1, r2) = setup(16);
+        let mut bob = join(&manager, "Bob", &r2);
+        for _ in 0..3 {
+            manager.deliver_room(r2.as_str(), None, br#"{"x":1}"#, Instant::now());
+        }
+        let mut alice = join(&manager, "Alice", &r1);
+        assert_eq!(frames(&mut alice), vec![r#"{"room_sequence":0}"#]);
+        walk(&manager, &alice, &r2).unwrap_or_else(|e| panic!("{e}"));
+        manager.deliver_room(r2.as_str(), None, br#"{"x":2}"#, Instant::now());
+        assert_eq!(
+            frames(&mut alice),
+            vec![
+                r#"{"room_sequence":3}"#.to_owned(),
+                r#"{"sequence_number":4,"x":2}"#.to_owned()
+            ]
+        );
+        assert_eq!(frames(&mut bob).len(), 5);
+        let mut carol = join(&manager, "Carol", &r2);
+        assert_eq!(frames(&mut carol), vec![r#"{"room_sequence":4}"#]);
+    }
+
+    #[test]
     fn full_queue_closes_only_that_connection() {
-        let manager = ConnectionManager::new(2);
-        let slow = manager
-            .connect(
-                id("s"),
-                name("Slow"),
-                room("r"),
-                Transport::WebSocket,
-                |_, _| bytes::Bytes::new(),
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut fast = manager
-            .connect(
-                id("f"),
-                name("Fast"),
-                room("r"),
-                Transport::WebSocket,
-                |_, _| bytes::Bytes::new(),
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        for i in 0..3 {
-            let frame = Frame::from(format!("{{\"n\":{i}}}"));
-            manager.deliver_room("r", None, &frame, Instant::now());
-            assert!(fast.outbound.try_recv().is_ok());
+        let (manager, r, _) = setup(3);
+        let slow = join(&manager, "Slow", &r);
+        let mut fast = join(&manager, "Fast", &r);
+        let _ = frames(&mut fast);
+        for i in 0..4 {
+            manager.deliver_room(
+                r.as_str(),
+                None,
+                format!("{{\"n\":{i}}}").as_bytes(),
+                Instant::now(),
+            );
+            assert_eq!(frames(&mut fast).len(), 1);
         }
         assert_eq!(slow.handle.kick.reason(), CloseReason::SLOW_CONSUMER);
         assert!(!fast.handle.kick.is_closed());
     }
 
     #[test]
-    fn actor_is_skipped() {
-        let manager = ConnectionManager::new(4);
-        let mut a = manager
-            .connect(
-                id("a"),
-                name("Alice"),
-                room("r"),
-                Transport::WebSocket,
-                |_, _| bytes::Bytes::new(),
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut b = manager
-            .connect(
-                id("b"),
-                name("Bob"),
-                room("r"),
-                Transport::WebSocket,
-                |_, _| bytes::Bytes::new(),
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
+    fn actor_is_skipped_and_broadcasts_reach_everyone_once() {
+        let (manager, r1, r2) = setup(8);
+        let mut a = join(&manager, "Alice", &r1);
+        let mut b = join(&manager, "Bob", &r1);
+        let mut c = join(&manager, "Carol", &r2);
+        for connected in [&mut a, &mut b, &mut c] {
+            let _ = frames(connected);
+        }
         assert_eq!(
-            manager.deliver_room("r", Some("a"), &Frame::from("{}"), Instant::now()),
-            1
+            manager.deliver_room(r1.as_str(), Some("alice"), b"{}", Instant::now()),
+            Some(1)
         );
-        assert!(a.outbound.try_recv().is_err());
-        assert!(b.outbound.try_recv().is_ok());
+        assert!(frames(&mut a).is_empty());
+        assert_eq!(frames(&mut b).len(), 1);
         assert_eq!(
-            manager.deliver_all(Some("b"), &Frame::from("{}"), Instant::now()),
-            1
+            manager.deliver_all(Some("bob"), &Frame::from("{}"), Instant::now()),
+            2
         );
-        assert!(a.outbound.try_recv().is_ok());
+        assert_eq!(
+            (
+                frames(&mut a).len(),
+                frames(&mut b).len(),
+                frames(&mut c).len()
+            ),
+            (1, 0, 1)
+        );
+        // Events for rooms this world does not have are refused, not numbered.
+        assert_eq!(
+            manager.deliver_room("nowhere", None, b"{}", Instant::now()),
+            None
+        );
+    }
+
+    #[test]
+    fn the_player_limit_holds_but_lets_a_replacement_in() {
+        let (manager, r, _) = setup(4);
+        let connect = |who: &str| {
+            manager.connect(id(who), name(who), &r, Transport::WebSocket, 2, |_| {
+                bytes::Bytes::new()
+            })
+        };
+        assert!(connect("Alice").is_ok());
+        assert!(connect("Bob").is_ok());
+        assert!(matches!(connect("Carol"), Err(ManagerError::Full)));
+        assert!(connect("Alice").is_ok(), "a replacement needs no new slot");
+        assert_eq!(manager.connected_count(), 2);
     }
 }

@@ -40,6 +40,11 @@ impl EventPublisher {
         self.client.connection_state() == State::Connected
     }
 
+    /// What the NATS client has sent and received since it started.
+    pub fn statistics(&self) -> std::sync::Arc<async_nats::Statistics> {
+        self.client.statistics()
+    }
+
     pub fn prefix(&self) -> &SubjectPrefix {
         &self.prefix
     }

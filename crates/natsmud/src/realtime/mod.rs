@@ -1,9 +1,11 @@
 //! The real-time path: game logic → [`EventPublisher`] → NATS → [`nats_handler`] →
 //! [`ConnectionManager`] → sockets. Nothing another player sees takes any other path.
 
+pub mod connection;
 pub mod connection_manager;
 pub mod event_publisher;
 pub mod nats_handler;
 
-pub use connection_manager::{CloseReason, ConnectionManager, Frame};
+pub use connection::{CloseReason, ConnectionHandle, Frame, Kick, Queued, Transport};
+pub use connection_manager::ConnectionManager;
 pub use event_publisher::{EventPublisher, PublishError};

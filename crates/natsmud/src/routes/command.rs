@@ -6,7 +6,9 @@ use axum::body::{Body, to_bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use natsmud_protocol::parse_client_message;
+use std::time::Duration;
+
+use natsmud_protocol::{PlayerId, parse_client_message};
 use serde_json::json;
 
 use crate::error::{ApiError, error_body};
@@ -45,14 +47,30 @@ pub async fn submit(State(app): State<AppState>, headers: HeaderMap, body: Body)
             return error_body(StatusCode::BAD_REQUEST, error.code.as_str(), &error.message);
         }
     };
-    match app.manager.submit(&claims.sub, message) {
+    let Ok(player) = PlayerId::parse(&claims.sub) else {
+        return ApiError::BadToken.into_response();
+    };
+    if !app.manager.is_connected(player.as_str()) {
+        return not_connected(&app, &player).await;
+    }
+    // Checked here rather than on the connection, so the refusal is this response's.
+    if let Err(wait) = app.player_limits.check_command(&player) {
+        return ApiError::RateLimited(wait).into_response();
+    }
+    match app.manager.submit(player.as_str(), message) {
         Ok(()) => (StatusCode::ACCEPTED, Json(json!({"accepted": true}))).into_response(),
-        Err(ManagerError::Busy) => error_body(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "Too many commands are waiting; slow down.",
-        ),
-        Err(_) => error_body(
+        Err(ManagerError::Busy) => ApiError::RateLimited(Duration::from_secs(1)).into_response(),
+        Err(_) => not_connected(&app, &player).await,
+    }
+}
+
+/// 409 for a player who has no open connection, but 401 (as `/api/ws` answers) when the
+/// token's account no longer exists.
+async fn not_connected(app: &AppState, player: &PlayerId) -> Response {
+    match app.accounts.find_by_id(player.as_str()).await {
+        Ok(None) => ApiError::BadToken.into_response(),
+        Err(error) => ApiError::from(error).into_response(),
+        Ok(Some(_)) => error_body(
             StatusCode::CONFLICT,
             "not_connected",
             "Open /api/events (or /api/ws) first; replies arrive there.",

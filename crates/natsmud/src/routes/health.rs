@@ -21,10 +21,22 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
             "status": status,
             "nats": if nats_ok { "connected" } else { "reconnecting" },
             "connected_players": app.manager.connected_count(),
+            "nats_traffic": nats_traffic(&app.publisher.statistics()),
             "uptime_secs": app.started.elapsed().as_secs(),
             "version": env!("CARGO_PKG_VERSION"),
         })),
     )
+}
+
+/// What this node's NATS client has received and sent: what its subscriptions cost.
+fn nats_traffic(statistics: &async_nats::Statistics) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    json!({
+        "in_messages": statistics.in_messages.load(Relaxed),
+        "out_messages": statistics.out_messages.load(Relaxed),
+        "in_bytes": statistics.in_bytes.load(Relaxed),
+        "out_bytes": statistics.out_bytes.load(Relaxed),
+    })
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -35,6 +47,7 @@ pub async fn metrics(State(app): State<AppState>) -> axum::response::Response {
     } else {
         0.0
     });
+    crate::telemetry::record_nats_statistics(&app.publisher.statistics());
     let body = crate::telemetry::metrics_handle()
         .map(|handle| handle.render())
         .unwrap_or_default();

@@ -18,10 +18,10 @@ use natsmud_protocol::envelope::leading_sequence;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::session::{self, Attached};
+use super::session::{self, Admission, Attached};
 use super::ws::authenticate;
 use crate::error::ApiError;
-use crate::realtime::connection_manager::{Kick, Queued, Transport};
+use crate::realtime::connection_manager::{Kick, ManagerError, Queued, Transport};
 use crate::startup::AppState;
 use crate::telemetry;
 
@@ -46,6 +46,7 @@ pub async fn events(
         .await
     {
         Ok(attached) => attached,
+        Err(ManagerError::Full) => return ApiError::ServerFull.into_response(),
         Err(_) => return ApiError::ShuttingDown.into_response(),
     };
     let kick = conn.kick.clone();
@@ -60,7 +61,7 @@ pub async fn events(
                     biased;
                     _ = conn.kick.closed() => break,
                     message = commands.recv() => match message {
-                        Some(message) => session::handle(&app, &conn, &mut limiter, Ok(message)).await,
+                        Some(message) => session::handle(&app, &conn, &mut limiter, Admission::Admitted, Ok(message)).await,
                         None => break,
                     },
                 }

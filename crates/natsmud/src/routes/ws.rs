@@ -3,7 +3,9 @@
 //! Two tasks per connection: this one reads and runs the player's commands in order (with
 //! any submitted by `POST /api/command`); a writer task owns the socket's sending half and
 //! drains the connection's bounded queue. Whatever ends the connection (the peer, a kick,
-//! shutdown), [`session::detach`] removes the player and publishes `player_left_game`.
+//! shutdown), [`session::detach`] removes the player and publishes `player_left_game`, and
+//! the writer ends with it: every write has a deadline, and the writer is aborted if it
+//! outlives its connection.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,18 +22,25 @@ use futures::{SinkExt, StreamExt};
 use natsmud_protocol::{ClientMessage, parse_client_message};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
-use super::session::{self, Attached};
+use super::session::{self, Admission, Attached};
 use crate::db::Account;
 use crate::error::ApiError;
-use crate::limits::CommandLimiter;
-use crate::realtime::connection_manager::{CloseReason, ConnectionHandle, Kick, Queued, Transport};
+use crate::limits::{CommandLimiter, Verdict};
+use crate::realtime::connection_manager::{
+    CloseReason, ConnectionHandle, Kick, ManagerError, Queued, Transport,
+};
 use crate::startup::AppState;
 use crate::telemetry;
 
 const READ_BUFFER: usize = 1024;
 const WRITE_BUFFER: usize = 16 * 1024;
+/// Most bytes the WebSocket layer may hold unwritten. It also queues the pong it owes for
+/// each ping it reads; a peer that sends pings and never reads would otherwise grow this
+/// buffer without bound.
+const MAX_WRITE_BUFFER: usize = WRITE_BUFFER + 128 * 1024;
 
 /// Bound on how long a closing connection may spend writing its last frames: long enough
 /// for a slow reader to get through its backlog to the close frame and learn why.
@@ -66,33 +75,45 @@ pub async fn upgrade(
         .max_frame_size(transport_limit)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER.max(transport_limit + WRITE_BUFFER))
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("connection", player = %account.name);
             run_connection(app, socket, account).instrument(span)
         })
 }
 
-/// Checks the token's signature, expiry and issuer, that its account still exists, and
-/// that this node has room for one more connection.
+/// Checks the token's signature, expiry and issuer, that its account still exists, that
+/// the player has not been reconnecting too often, and that this node has room for one
+/// more player (a connection that replaces the player's own always has).
 pub async fn authenticate(app: &AppState, token: Option<&str>) -> Result<Account, ApiError> {
-    let max = app.config.max_connections as usize;
-    if max > 0 && app.manager.connected_count() >= max {
-        return Err(ApiError::ServerFull);
-    }
     let token = token.filter(|t| !t.is_empty()).ok_or(ApiError::BadToken)?;
     let claims = app.tokens.verify(token).map_err(|_| ApiError::BadToken)?;
-    app.accounts
+    let max = app.config.max_connections as usize;
+    if max > 0 && app.manager.connected_count() >= max && !app.manager.is_connected(&claims.sub) {
+        return Err(ApiError::ServerFull);
+    }
+    let account = app
+        .accounts
         .find_by_id(&claims.sub)
         .await?
-        .ok_or(ApiError::BadToken)
+        .ok_or(ApiError::BadToken)?;
+    app.player_limits
+        .check_connect(&account.id)
+        .map_err(ApiError::RateLimited)?;
+    Ok(account)
 }
 
 async fn run_connection(app: AppState, mut socket: WebSocket, account: Account) {
     let _alive = app.connections.token();
     let attached = match session::attach(&app, &account, Transport::WebSocket).await {
         Ok(attached) => attached,
-        Err(_) => {
-            let _ = socket.send(close_message(CloseReason::SHUTDOWN)).await;
+        Err(error) => {
+            let reason = match error {
+                ManagerError::Full => CloseReason::SERVER_FULL,
+                _ => CloseReason::SHUTDOWN,
+            };
+            let _ =
+                tokio::time::timeout(CLOSE_WRITE_TIMEOUT, socket.send(close_message(reason))).await;
             return;
         }
     };
@@ -106,18 +127,19 @@ async fn run_connection(app: AppState, mut socket: WebSocket, account: Account) 
     let reader_done = CancellationToken::new();
     let last_seen = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let writer = tokio::spawn(
+    let writer = AbortOnDropHandle::new(tokio::spawn(
         write_loop(Writer {
             sink,
             outbound,
             kick: conn.kick.clone(),
             reader_done: reader_done.clone(),
             ping_every: app.config.ws_ping_interval(),
+            write_timeout: app.config.write_timeout(),
             last_seen: last_seen.clone(),
             started,
         })
         .in_current_span(),
-    );
+    ));
 
     let inputs = Inputs {
         stream: &mut stream,
@@ -143,8 +165,9 @@ async fn run_connection(app: AppState, mut socket: WebSocket, account: Account) 
         tokio::time::timeout(CLOSE_WRITE_TIMEOUT * 2, writer),
         tokio::time::timeout(CLOSE_WRITE_TIMEOUT, discard),
     );
+    // A writer still stuck on the socket is aborted as its handle drops here.
     if written.is_err() {
-        tracing::warn!("writer did not finish in time");
+        tracing::warn!("writer did not finish in time; aborted");
     }
 }
 
@@ -179,7 +202,7 @@ async fn read_loop(
             _ = &mut closed => return,
             submitted = commands.recv() => {
                 if let Some(message) = submitted {
-                    session::handle(app, conn, limiter, Ok(message)).await;
+                    session::handle(app, conn, limiter, Admission::Admitted, Ok(message)).await;
                 }
                 continue;
             }
@@ -200,14 +223,22 @@ async fn read_loop(
                     kick.close(CloseReason::TOO_BIG);
                     return;
                 }
-                session::handle(app, conn, limiter, parse_client_message(text.as_str())).await;
+                let message = parse_client_message(text.as_str());
+                session::handle(app, conn, limiter, Admission::Check, message).await;
             }
             Message::Binary(_) => {
                 kick.close(CloseReason::UNSUPPORTED);
                 return;
             }
             Message::Close(_) => return,
-            Message::Ping(_) | Message::Pong(_) => {}
+            // Each ping costs a pong: pings count against the player's allowance like
+            // commands, so a flood of them is cut off as one of commands is.
+            Message::Ping(_) | Message::Pong(_) => {
+                if limiter.check() == Verdict::Disconnect {
+                    kick.close(CloseReason::RATE_LIMITED);
+                    return;
+                }
+            }
         }
     }
 }
@@ -216,11 +247,9 @@ fn close_reason_for(error: axum::Error) -> CloseReason {
     match error.into_inner().downcast::<tungstenite::Error>() {
         Ok(error) => match *error {
             tungstenite::Error::Capacity(_) => CloseReason::TOO_BIG,
-            tungstenite::Error::Utf8(_) => CloseReason {
-                code: 1007,
-                reason: "text frames must be valid UTF-8",
-                drain: true,
-            },
+            tungstenite::Error::Utf8(_) => CloseReason::INVALID_UTF8,
+            tungstenite::Error::Protocol(_) => CloseReason::PROTOCOL_ERROR,
+            tungstenite::Error::WriteBufferFull(_) => CloseReason::SLOW_CONSUMER,
             _ => CloseReason::NORMAL,
         },
         Err(_) => CloseReason::NORMAL,
@@ -266,8 +295,18 @@ struct Writer {
     /// Cancelled once the reader has run its last command (and queued its last reply).
     reader_done: CancellationToken,
     ping_every: Duration,
+    /// Longest a write may take; a peer that stops reading is closed as a slow consumer.
+    write_timeout: Duration,
     last_seen: Arc<AtomicU64>,
     started: Instant,
+}
+
+/// How a write attempt ended.
+enum Wrote {
+    Done,
+    /// The connection was closed meanwhile.
+    Closed,
+    Failed,
 }
 
 async fn write_loop(writer: Writer) {
@@ -277,6 +316,7 @@ async fn write_loop(writer: Writer) {
         kick,
         reader_done,
         ping_every,
+        write_timeout,
         last_seen,
         started,
     } = writer;
@@ -290,20 +330,24 @@ async fn write_loop(writer: Writer) {
     let closed = kick.closed();
     tokio::pin!(closed);
     loop {
-        tokio::select! {
+        // Every write races the close signal (a kick must end a writer stuck on a peer
+        // that stopped reading) and its deadline.
+        let wrote = tokio::select! {
             biased;
             _ = &mut closed => break,
             queued = outbound.recv() => {
                 let Some(first) = queued else { break };
-                // A peer that stops reading blocks this send; a kick must still end it.
-                let sent = tokio::select! {
+                tokio::select! {
                     biased;
-                    _ = &mut closed => break,
-                    sent = write_batch(&mut sink, &mut outbound, first, &delivery_seconds) => sent,
-                };
-                if sent.is_err() {
-                    kick.close(CloseReason::NORMAL);
-                    return;
+                    _ = &mut closed => Wrote::Closed,
+                    sent = tokio::time::timeout(write_timeout, write_batch(&mut sink, &mut outbound, first, &delivery_seconds)) => match sent {
+                        Ok(Ok(())) => Wrote::Done,
+                        Ok(Err(_)) => Wrote::Failed,
+                        Err(_) => {
+                            crate::realtime::connection::slow_consumer(&kick);
+                            Wrote::Closed
+                        }
+                    },
                 }
             }
             _ = ping.tick() => {
@@ -313,10 +357,26 @@ async fn write_loop(writer: Writer) {
                     kick.close(CloseReason::PING_TIMEOUT);
                     break;
                 }
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    kick.close(CloseReason::NORMAL);
-                    return;
+                tokio::select! {
+                    biased;
+                    _ = &mut closed => Wrote::Closed,
+                    sent = tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))) => match sent {
+                        Ok(Ok(())) => Wrote::Done,
+                        Ok(Err(_)) => Wrote::Failed,
+                        Err(_) => {
+                            crate::realtime::connection::slow_consumer(&kick);
+                            Wrote::Closed
+                        }
+                    },
                 }
+            }
+        };
+        match wrote {
+            Wrote::Done => {}
+            Wrote::Closed => break,
+            Wrote::Failed => {
+                kick.close(CloseReason::NORMAL);
+                return;
             }
         }
     }

@@ -257,6 +257,21 @@ impl TestApp {
     pub async fn connect(&self, account: &Account) -> Player {
         connect_at(&self.addr.to_string(), account).await
     }
+
+    /// Connects `player`'s account again and reads the new connection's `game_state`.
+    pub async fn rejoin(&self, player: &Player) -> Player {
+        let mut again = self.connect(&player.account).await;
+        let state = again.expect(EventType::GameState).await;
+        again.room = state.room_id.clone().unwrap_or_default();
+        again
+    }
+
+    /// A NATS client of the test's own, on this app's nats-server.
+    pub async fn outside_client(&self) -> async_nats::Client {
+        async_nats::connect(&self.nats.url)
+            .await
+            .expect("test connects to its nats-server")
+    }
 }
 
 impl Drop for TestApp {
@@ -281,6 +296,8 @@ pub struct Player {
     pub id: String,
     pub room: String,
     pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The account it plays, to connect again.
+    pub account: Account,
 }
 
 /// What the server sent: a frame, or the close of the socket.
@@ -367,6 +384,14 @@ impl Player {
     pub async fn ask(&mut self, line: &str) -> ServerFrame {
         self.command(line).await;
         self.next_frame().await
+    }
+
+    /// Reads until the socket closes, which it must with `code`; returns the reason.
+    pub async fn expect_closed_with(&mut self, code: u16) -> String {
+        match self.expect_close().await {
+            Some((got, reason)) if got == code => reason,
+            other => panic!("{} expected a close with {code}, got {other:?}", self.name),
+        }
     }
 
     pub async fn expect_error(&mut self, code: &str) -> ServerFrame {
@@ -520,6 +545,7 @@ pub async fn connect_at(addr: &str, account: &Account) -> Player {
         id: account.player_id.clone(),
         room: String::new(),
         socket,
+        account: account.clone(),
     }
 }
 
