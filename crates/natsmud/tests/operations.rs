@@ -168,3 +168,69 @@ async fn metrics_count_connections_events_and_latency() {
     assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
     assert!(health["uptime_secs"].is_u64());
 }
+
+/// The nats-server older than natsmud supports that this machine can run (Debian's 2.9,
+/// which scripts/test extracts into target/tools when it is not installed), if any.
+fn old_nats_server() -> Option<std::path::PathBuf> {
+    let candidates = [
+        std::env::var("NATSMUD_OLD_NATS_SERVER").ok(),
+        Some("/usr/sbin/nats-server".to_owned()),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .map(std::path::PathBuf::from)
+        .find(|bin| {
+            Command::new(bin)
+                .arg("--version")
+                .output()
+                .ok()
+                .and_then(|out| String::from_utf8(out.stdout).ok())
+                .is_some_and(|version| {
+                    natsmud::nats::check_version(version.trim().trim_start_matches("nats-server: "))
+                        .is_err()
+                })
+        })
+}
+
+/// DESIGN.md §5: natsmud refuses a NATS server too old for what it needs, with a message
+/// that says so, rather than warning and failing later.
+#[test]
+fn a_nats_server_too_old_for_natsmud_is_refused_at_start() {
+    let Some(old) = old_nats_server() else {
+        println!("skipped: no nats-server older than 2.10 here (scripts/test extracts Debian's)");
+        return;
+    };
+    let nats = NatsServer::start_binary(&old, None);
+    let data = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_natsmud"))
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "--nats-url",
+            &nats.url,
+            "--tick-interval-ms",
+            "0",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("natsmud kept running against an old NATS server");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("older than 2.10"), "{stderr}");
+}

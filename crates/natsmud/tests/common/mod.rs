@@ -62,9 +62,14 @@ impl NatsServer {
 
     /// Starts on `port`, or on a free port chosen by nats-server itself (`-p -1`).
     pub fn start_on(port: Option<u16>) -> Self {
+        Self::start_binary(&nats_server_bin(), port)
+    }
+
+    /// Starts the nats-server at `bin` (another version than the pinned one).
+    pub fn start_binary(bin: &Path, port: Option<u16>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
-        let child = Command::new(nats_server_bin())
+        let child = Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &port_arg, "--ports_file_dir"])
             .arg(dir.path())
             .stdout(Stdio::null())
