@@ -100,10 +100,15 @@ pub async fn connect(
                 match event {
                     async_nats::Event::Connected => {
                         metrics::gauge!(telemetry::NATS_CONNECTED).set(1.0);
-                        if was_connected.swap(true, Ordering::AcqRel) {
+                        let reconnected = was_connected.swap(true, Ordering::AcqRel);
+                        if reconnected {
                             metrics::counter!(telemetry::NATS_RECONNECTS).increment(1);
+                        }
+                        // Players connected while this node had no NATS (a drop, or a
+                        // start without it) missed whatever other nodes published meanwhile.
+                        if reconnected || manager.connected_count() > 0 {
                             tracing::warn!(
-                                "NATS reconnected; closing this node's connections: events may have been missed"
+                                "NATS connected after a gap; closing this node's connections: events may have been missed"
                             );
                             manager.kick_all(CloseReason::EVENTS_LOST);
                         } else {

@@ -94,7 +94,17 @@ async fn a_server_started_without_nats_reports_degraded_and_heals() {
     alice.expect_error("event_bus_unavailable").await;
 
     let _nats = NatsServer::start_on(Some(port));
+    // Connected while the node had no NATS, they may have missed what other nodes
+    // published: they are told so, and come back.
+    for player in [&mut alice, &mut bob] {
+        let reason = player.expect_closed_with(4008).await;
+        assert!(reason.starts_with("events_lost"), "{reason}");
+    }
     wait_for_health(&app, 200, Duration::from_secs(15)).await;
+    let mut alice = app.rejoin(&alice).await;
+    let mut bob = app.rejoin(&bob).await;
+    while alice.next_within(common::QUIET).await.is_some() {}
+    while bob.next_within(common::QUIET).await.is_some() {}
     say_until_heard(&mut alice, &mut bob, "now it works").await;
 }
 
