@@ -16,6 +16,7 @@
   const PING_MS = 25000;
   const CLOSE_REPLACED = 4001;
   const CLOSE_SLOW = 4008;
+  const CLOSE_FULL = 1013;
   const CLOSE_TOO_BIG = 1009;
 
   const CHANNELS = ['say', 'emote', 'pose', 'local', 'global', 'whisper'];
@@ -442,8 +443,11 @@
       state.lostNoticeShown = true;
       let why = 'Connection lost';
       if (code === 1001) why = 'The server is restarting';
-      else if (code === CLOSE_SLOW) why = 'The connection fell too far behind';
+      else if (code === CLOSE_SLOW && reason.startsWith('events_lost')) {
+        why = 'The server lost touch with the world for a moment and may have missed events';
+      } else if (code === CLOSE_SLOW) why = 'The connection fell too far behind';
       else if (code === CLOSE_TOO_BIG) why = 'The server refused a message that was too large';
+      else if (code === CLOSE_FULL) why = 'The server is full';
       printError(`${why}${reason ? ` (${reason})` : ''}. Reconnecting…`);
     }
     if (!opened) {
