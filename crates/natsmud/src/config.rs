@@ -139,9 +139,19 @@ pub struct Config {
     #[arg(long, env = "NATSMUD_AUTH_PER_MINUTE", default_value_t = 20)]
     pub auth_per_minute: u32,
 
-    /// Password hashes computed at once; more wait their turn off the async workers.
-    #[arg(long, env = "NATSMUD_HASHING_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Password hashes computed at once, each on a dedicated thread that keeps its own
+    /// argon2 memory (so hashing needs at most this many × the memory cost). 0: one per
+    /// CPU core.
+    #[arg(long, env = "NATSMUD_HASHING_CONCURRENCY", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub hashing_concurrency: u32,
+
+    /// Logins and registrations that may wait for a hashing thread; beyond them a request is
+    /// refused at once with 503 `busy` and `Retry-After`. With the default cost one hash
+    /// takes a core some tens of milliseconds, so 32 waiting on a 2-core machine is a wait
+    /// of about a second at worst: long enough to absorb a burst, short enough that a
+    /// refused client learns it at once instead of sitting in a queue for tens of seconds.
+    #[arg(long, env = "NATSMUD_HASHING_QUEUE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub hashing_queue: u32,
 
     /// Threads running connections and events. 0: one per CPU core. Several nodes sharing
     /// one machine each do better with more than their share of the cores (see
@@ -371,6 +381,14 @@ impl Config {
 
     pub fn ws_ping_interval(&self) -> Duration {
         Duration::from_secs(self.ws_ping_secs)
+    }
+
+    /// Hashing threads: the configured number, or one per CPU core.
+    pub fn hashing_threads(&self) -> usize {
+        match self.hashing_concurrency {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n as usize,
+        }
     }
 
     pub fn tick_interval(&self) -> Option<Duration> {

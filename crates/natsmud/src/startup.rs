@@ -70,11 +70,7 @@ pub async fn run(
         &config.data_dir,
     )?;
     let tokens = Tokens::new(&secret, Duration::from_secs(config.token_ttl_secs));
-    let passwords = Passwords::new(
-        config.hashing_concurrency as usize,
-        config.password_hash_memory_kib,
-        config.password_hash_iterations,
-    )?;
+    let passwords = Passwords::from_config(&config)?;
     let auth_limiter = AuthLimiter::new(config.auth_per_minute);
 
     let manager = Arc::new(ConnectionManager::new(config.outbound_queue as usize));

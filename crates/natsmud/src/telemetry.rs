@@ -10,6 +10,8 @@
 //!   its frame being written to one recipient's socket.
 //! - `slow_consumer_disconnects_total`, `ticks_total`, `ticks_failed_total`.
 //! - `nats_connected` (gauge, 0/1), `nats_reconnects_total`, `nats_slow_consumer_total`.
+//! - `password_hashes_in_flight` (gauge), `password_hashing_refused_total`: logins and
+//!   registrations refused with 503 `busy` because the hashing queue was full.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -30,6 +32,8 @@ pub const TICKS_FAILED: &str = "natsmud_ticks_failed_total";
 pub const NATS_CONNECTED: &str = "natsmud_nats_connected";
 pub const NATS_RECONNECTS: &str = "natsmud_nats_reconnects_total";
 pub const NATS_SLOW_CONSUMER: &str = "natsmud_nats_slow_consumer_total";
+pub const PASSWORD_HASHES_IN_FLIGHT: &str = "natsmud_password_hashes_in_flight";
+pub const PASSWORD_HASHING_REFUSED: &str = "natsmud_password_hashing_refused_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -86,6 +90,11 @@ fn describe() {
     describe_counter!(
         NATS_SLOW_CONSUMER,
         "Times NATS reported this node too slow for its subscription"
+    );
+    describe_gauge!(PASSWORD_HASHES_IN_FLIGHT, "Password hashes being computed");
+    describe_counter!(
+        PASSWORD_HASHING_REFUSED,
+        "Logins and registrations refused because the hashing queue was full"
     );
 }
 

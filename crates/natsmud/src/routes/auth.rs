@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use natsmud_protocol::{PlayerId, PlayerName};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthError;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -38,6 +39,13 @@ fn body(payload: Result<Json<Credentials>, JsonRejection>) -> Result<Credentials
             e.body_text()
         ))
     })
+}
+
+fn busy(error: AuthError) -> ApiError {
+    match error {
+        AuthError::Busy(wait) => ApiError::Busy(wait),
+        other => ApiError::Internal(other.into()),
+    }
 }
 
 fn respond(app: &AppState, id: &PlayerId, name: &PlayerName) -> Result<AuthResponse, ApiError> {
@@ -82,7 +90,7 @@ pub async fn register(
         .passwords
         .hash(credentials.password)
         .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+        .map_err(busy)?;
     let id = PlayerId::parse(&uuid::Uuid::new_v4().to_string())
         .map_err(|e| ApiError::Internal(e.into()))?;
     app.accounts
@@ -109,7 +117,12 @@ pub async fn login(
         Err(_) => None,
     };
     let hash = account.as_ref().map(|a| a.password_hash.clone());
-    if !app.passwords.verify(credentials.password, hash).await {
+    if !app
+        .passwords
+        .verify(credentials.password, hash)
+        .await
+        .map_err(busy)?
+    {
         return Err(ApiError::BadCredentials);
     }
     let account = account.ok_or(ApiError::BadCredentials)?;
