@@ -23,6 +23,8 @@ pub enum ApiError {
     ServerFull,
     #[error("too many attempts; try again in {} s", retry_after_secs(*.0))]
     RateLimited(std::time::Duration),
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
     #[error("the server is busy; try again in {} s", retry_after_secs(*.0))]
     Busy(std::time::Duration),
     #[error("internal error")]
@@ -40,6 +42,7 @@ impl ApiError {
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Self::ServerFull => (StatusCode::SERVICE_UNAVAILABLE, "server_full"),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
