@@ -127,6 +127,28 @@ pub struct Config {
     #[arg(long, env = "NATSMUD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: u32,
 
+    /// Sockets one client address may hold open at once (IPv6: per /64); more are answered
+    /// with 503 and closed. 0: no limit.
+    #[arg(long, env = "NATSMUD_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
+    pub max_connections_per_ip: u32,
+
+    /// Sockets open at once, of every kind (players, HTTP requests, idle keep-alives); more
+    /// are answered with 503 and closed, so the process keeps file descriptors for its
+    /// database, NATS and files. 0: the open-files limit minus a reserve of 128.
+    #[arg(long, env = "NATSMUD_MAX_SOCKETS", default_value_t = 0)]
+    pub max_sockets: u32,
+
+    /// Seconds a client has to send a request's head, counted from the connection's start
+    /// or, on a kept-alive connection, from the end of the previous response; then the
+    /// connection is closed.
+    #[arg(long, env = "NATSMUD_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout_secs: u64,
+
+    /// Seconds a write to a client (HTTP, WebSocket or SSE) may make no progress before the
+    /// connection is closed: bounds what a client that stops reading can hold.
+    #[arg(long, env = "NATSMUD_WRITE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_timeout_secs: u64,
+
     /// Commands (and chat) each connection may send per second, on average. 0: no limit.
     #[arg(long, env = "NATSMUD_COMMANDS_PER_SEC", default_value_t = 10)]
     pub commands_per_sec: u32,
@@ -381,6 +403,14 @@ impl Config {
 
     pub fn ws_ping_interval(&self) -> Duration {
         Duration::from_secs(self.ws_ping_secs)
+    }
+
+    pub fn http_header_timeout(&self) -> Duration {
+        Duration::from_secs(self.http_header_timeout_secs)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs)
     }
 
     /// Hashing threads: the configured number, or one per CPU core.

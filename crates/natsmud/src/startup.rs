@@ -130,16 +130,13 @@ pub async fn run(
     }
 
     let stop_http = CancellationToken::new();
-    let server = {
-        let stop_http = stop_http.clone();
-        let router = crate::routes::router(state.clone());
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop_http.cancelled().await })
-    };
-    let server_task = tokio::spawn(async move { server.await });
+    let server = crate::net::serve(
+        listener,
+        crate::routes::router(state.clone()),
+        crate::net::Settings::from_config(&state.config),
+        stop_http.clone(),
+    );
+    let server_task = tokio::spawn(server);
     shutdown.await;
     tracing::info!("shutting down");
 

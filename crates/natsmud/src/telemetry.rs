@@ -10,6 +10,10 @@
 //!   its frame being written to one recipient's socket.
 //! - `slow_consumer_disconnects_total`, `ticks_total`, `ticks_failed_total`.
 //! - `nats_connected` (gauge, 0/1), `nats_reconnects_total`, `nats_slow_consumer_total`.
+//! - `sockets_open` (gauge): accepted TCP sockets open, of every kind;
+//!   `sockets_refused_total{reason}` (`per_ip`, `max_sockets`): answered 503 and closed;
+//!   `accept_errors_total`; `write_timeouts_total`: connections closed because a write made
+//!   no progress for `write_timeout_secs`.
 //! - `password_hashes_in_flight` (gauge), `password_hashing_refused_total`: logins and
 //!   registrations refused with 503 `busy` because the hashing queue was full.
 
@@ -32,6 +36,10 @@ pub const TICKS_FAILED: &str = "natsmud_ticks_failed_total";
 pub const NATS_CONNECTED: &str = "natsmud_nats_connected";
 pub const NATS_RECONNECTS: &str = "natsmud_nats_reconnects_total";
 pub const NATS_SLOW_CONSUMER: &str = "natsmud_nats_slow_consumer_total";
+pub const SOCKETS_OPEN: &str = "natsmud_sockets_open";
+pub const SOCKETS_REFUSED: &str = "natsmud_sockets_refused_total";
+pub const ACCEPT_ERRORS: &str = "natsmud_accept_errors_total";
+pub const WRITE_TIMEOUTS: &str = "natsmud_write_timeouts_total";
 pub const PASSWORD_HASHES_IN_FLIGHT: &str = "natsmud_password_hashes_in_flight";
 pub const PASSWORD_HASHING_REFUSED: &str = "natsmud_password_hashing_refused_total";
 
@@ -90,6 +98,16 @@ fn describe() {
     describe_counter!(
         NATS_SLOW_CONSUMER,
         "Times NATS reported this node too slow for its subscription"
+    );
+    describe_gauge!(SOCKETS_OPEN, "Accepted TCP sockets open, of every kind");
+    describe_counter!(
+        SOCKETS_REFUSED,
+        "Sockets answered 503 and closed at accept, by cap (per_ip, max_sockets)"
+    );
+    describe_counter!(ACCEPT_ERRORS, "Errors accepting a TCP connection");
+    describe_counter!(
+        WRITE_TIMEOUTS,
+        "Connections closed because a write to the client made no progress in time"
     );
     describe_gauge!(PASSWORD_HASHES_IN_FLIGHT, "Password hashes being computed");
     describe_counter!(

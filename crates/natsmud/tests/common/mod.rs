@@ -145,6 +145,8 @@ impl TestApp {
         config.commands_per_sec = 0;
         config.auth_per_minute = 0;
         config.max_connections = 0;
+        // Every test connects from 127.0.0.1; the per-address cap has tests of its own.
+        config.max_connections_per_ip = 0;
         config.password_hash_memory_kib = 64;
         config.password_hash_iterations = 1;
         adjust(&mut config);
