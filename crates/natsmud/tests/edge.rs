@@ -1,5 +1,5 @@
-//! The HTTP edge: slow and idle clients, clients that stop reading, socket caps and a
-//! prompt shutdown. Raw TCP clients show exactly what the server does.
+//! The HTTP edge: slow and idle clients, clients that stop reading, socket caps, response
+//! headers and a prompt shutdown. Raw TCP clients show exactly what the server does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -334,6 +334,30 @@ async fn an_sse_client_that_stops_reading_is_closed_by_the_write_timeout() {
         }
     };
     assert!(heard.data_str("message").ends_with("after"), "{heard:?}");
+}
+
+#[tokio::test]
+async fn web_client_responses_forbid_framing() {
+    let app = TestApp::spawn().await;
+    for path in ["/", "/static/app.js"] {
+        let response = reqwest::get(app.url(path)).await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        let headers = response.headers();
+        assert_eq!(
+            headers.get("x-frame-options").and_then(|v| v.to_str().ok()),
+            Some("DENY"),
+            "{path}"
+        );
+        let policy = headers
+            .get("content-security-policy")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(
+            policy.contains("frame-ancestors 'none'"),
+            "{path}: {policy}"
+        );
+        assert!(policy.contains("default-src 'self'"), "{path}: {policy}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
