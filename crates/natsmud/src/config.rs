@@ -168,10 +168,11 @@ pub struct Config {
     pub hashing_concurrency: u32,
 
     /// Logins and registrations that may wait for a hashing thread; beyond them a request is
-    /// refused at once with 503 `busy` and `Retry-After`. With the default cost one hash
-    /// takes a core some tens of milliseconds, so 32 waiting on a 2-core machine is a wait
-    /// of about a second at worst: long enough to absorb a burst, short enough that a
-    /// refused client learns it at once instead of sitting in a queue for tens of seconds.
+    /// refused at once with 503 `busy` and `Retry-After`. At the default cost one hash took
+    /// 17 ms of a core on the 2-core development machine, so 32 waiting there is a wait of
+    /// about 0.3 s, and of a second or two with the cores shared by a busy game, a slower
+    /// CPU or a higher cost: enough to absorb a burst of logins, short enough that nobody
+    /// sits in a queue for tens of seconds (a refused client learns it at once).
     #[arg(long, env = "NATSMUD_HASHING_QUEUE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub hashing_queue: u32,
 
