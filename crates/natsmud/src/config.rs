@@ -477,6 +477,28 @@ mod tests {
     }
 
     #[test]
+    fn edge_and_hashing_settings_have_their_defaults_and_bounds() {
+        let config = load(&[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.http_header_timeout(), Duration::from_secs(10));
+        assert_eq!(config.write_timeout(), Duration::from_secs(10));
+        assert_eq!(config.max_connections_per_ip, 64);
+        assert_eq!(config.max_sockets, 0);
+        assert_eq!(config.hashing_queue, 32);
+        assert_eq!(config.hashing_concurrency, 0);
+        assert!(config.hashing_threads() >= 1, "0 means one per core");
+        let config = load(&["--hashing-concurrency", "3"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.hashing_threads(), 3);
+        for zero in ["http_header_timeout_secs", "write_timeout_secs"] {
+            let (_dir, path) = write(&format!("{zero} = 0\n"));
+            let error = load(&["--config", &path.to_string_lossy()])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.contains(zero), "{zero}: {error}");
+        }
+    }
+
+    #[test]
     fn bad_file_values_name_the_key() {
         let (_dir, path) = write("tick_interval_ms = 5\n");
         let error = load(&["--config", &path.to_string_lossy()])

@@ -405,3 +405,35 @@ async fn shutdown_closes_players_with_1001_and_returns_promptly_despite_slow_htt
     );
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
 }
+
+#[tokio::test]
+async fn websocket_and_sse_streams_outlive_the_header_timeout() {
+    let app = TestApp::spawn_with(|c| c.http_header_timeout_secs = 1).await;
+    let mut alice = app.join("Alice").await;
+    let account = app.register("Bob").await;
+    let mut bob = TcpStream::connect(app.addr).await.unwrap();
+    let request = format!(
+        "GET /api/events?token={} HTTP/1.1\r\nHost: natsmud\r\n\r\n",
+        account.access_token
+    );
+    bob.write_all(request.as_bytes()).await.unwrap();
+    alice.expect(EventType::PlayerEnteredGame).await;
+    // Quiet for well over the header timeout: neither stream is a request waiting for
+    // its head.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut carol = app.join("Carol").await;
+    alice.expect(EventType::PlayerEnteredGame).await;
+    carol.ask("say still there?").await;
+    let heard = alice.expect(EventType::ChatMessage).await;
+    assert_eq!(heard.data["message"], "Carol says: still there?");
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("Carol says: still there?") {
+        let n = tokio::time::timeout(common::WAIT, bob.read(&mut buffer))
+            .await
+            .expect("the SSE stream is still open")
+            .unwrap();
+        assert!(n > 0, "the SSE stream was closed");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+}
