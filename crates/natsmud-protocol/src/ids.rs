@@ -144,6 +144,53 @@ impl PlayerName {
     pub fn folded(&self) -> String {
         self.0.to_ascii_lowercase()
     }
+
+    /// True for a name nobody may register (see [`is_reserved_name`]). Registration asks
+    /// this; parsing does not, so names stored before a word was reserved keep working.
+    pub fn is_reserved(&self) -> bool {
+        is_reserved_name(&self.0)
+    }
+}
+
+/// Names that would pass for the server, staff, or a word of the game's own text ("You
+/// say: …", "everyone", "nobody"), in lower case. Short ones stay listed though the length
+/// rule refuses them today, so the list says what is meant.
+pub const RESERVED_NAMES: &[&str] = &[
+    "admin",
+    "administrator",
+    "all",
+    "anonymous",
+    "anybody",
+    "anyone",
+    "everybody",
+    "everyone",
+    "guest",
+    "here",
+    "me",
+    "moderator",
+    "mod",
+    "natsmud",
+    "nobody",
+    "null",
+    "operator",
+    "owner",
+    "root",
+    "server",
+    "somebody",
+    "someone",
+    "staff",
+    "support",
+    "sysop",
+    "system",
+    "undefined",
+    "you",
+];
+
+/// True when `name`, compared case-insensitively, is one of [`RESERVED_NAMES`].
+pub fn is_reserved_name(name: &str) -> bool {
+    RESERVED_NAMES
+        .iter()
+        .any(|reserved| reserved.eq_ignore_ascii_case(name))
 }
 
 impl fmt::Display for PlayerName {
@@ -187,6 +234,35 @@ mod tests {
         ] {
             assert!(PlayerName::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn reserved_names_are_recognised_in_any_case_and_still_parse() {
+        for name in [
+            "admin",
+            "Administrator",
+            "SYSTEM",
+            "You",
+            "everyone",
+            "all",
+            "here",
+            "server",
+            "NatsMud",
+            "root",
+            "moderator",
+            "staff",
+            "nobody",
+            "someone",
+        ] {
+            let parsed = PlayerName::parse(name).unwrap_or_else(|e| panic!("{e}"));
+            assert!(parsed.is_reserved(), "{name}");
+        }
+        assert!(is_reserved_name("me"));
+        for name in ["Alice", "Adminton", "Rooted", "Youth", "Hereford"] {
+            let parsed = PlayerName::parse(name).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!parsed.is_reserved(), "{name}");
+        }
+        assert!(RESERVED_NAMES.iter().all(|n| *n == n.to_ascii_lowercase()));
     }
 
     #[test]

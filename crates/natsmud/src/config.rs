@@ -127,6 +127,28 @@ pub struct Config {
     #[arg(long, env = "NATSMUD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: u32,
 
+    /// Sockets one client address may hold open at once (IPv6: per /64); more are answered
+    /// with 503 and closed. 0: no limit.
+    #[arg(long, env = "NATSMUD_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
+    pub max_connections_per_ip: u32,
+
+    /// Sockets open at once, of every kind (players, HTTP requests, idle keep-alives); more
+    /// are answered with 503 and closed, so the process keeps file descriptors for its
+    /// database, NATS and files. 0: the open-files limit minus a reserve of 128.
+    #[arg(long, env = "NATSMUD_MAX_SOCKETS", default_value_t = 0)]
+    pub max_sockets: u32,
+
+    /// Seconds a client has to send a request's head, counted from the connection's start
+    /// or, on a kept-alive connection, from the end of the previous response; then the
+    /// connection is closed.
+    #[arg(long, env = "NATSMUD_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout_secs: u64,
+
+    /// Seconds a write to a client (HTTP, WebSocket or SSE) may make no progress before the
+    /// connection is closed: bounds what a client that stops reading can hold.
+    #[arg(long, env = "NATSMUD_WRITE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_timeout_secs: u64,
+
     /// Commands (and chat, and WebSocket pings) each player may send per second, on
     /// average, across all of its connections. 0: no limit.
     #[arg(long, env = "NATSMUD_COMMANDS_PER_SEC", default_value_t = 10)]
@@ -136,11 +158,6 @@ pub struct Config {
     #[arg(long, env = "NATSMUD_CONNECTS_PER_MINUTE", default_value_t = 30)]
     pub connects_per_minute: u32,
 
-    /// Longest a write to a client socket may make no progress, in seconds; then the
-    /// connection is closed as a slow consumer.
-    #[arg(long, env = "NATSMUD_WRITE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    pub write_timeout_secs: u64,
-
     /// Commands a player may send in a quick burst above the average rate.
     #[arg(long, env = "NATSMUD_COMMAND_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub command_burst: u32,
@@ -149,9 +166,20 @@ pub struct Config {
     #[arg(long, env = "NATSMUD_AUTH_PER_MINUTE", default_value_t = 20)]
     pub auth_per_minute: u32,
 
-    /// Password hashes computed at once; more wait their turn off the async workers.
-    #[arg(long, env = "NATSMUD_HASHING_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Password hashes computed at once, each on a dedicated thread that keeps its own
+    /// argon2 memory (so hashing needs at most this many × the memory cost). 0: one per
+    /// CPU core.
+    #[arg(long, env = "NATSMUD_HASHING_CONCURRENCY", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub hashing_concurrency: u32,
+
+    /// Logins and registrations that may wait for a hashing thread; beyond them a request is
+    /// refused at once with 503 `busy` and `Retry-After`. At the default cost one hash took
+    /// 17 ms of a core on the 2-core development machine, so 32 waiting there is a wait of
+    /// about 0.3 s, and of a second or two with the cores shared by a busy game, a slower
+    /// CPU or a higher cost: enough to absorb a burst of logins, short enough that nobody
+    /// sits in a queue for tens of seconds (a refused client learns it at once).
+    #[arg(long, env = "NATSMUD_HASHING_QUEUE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub hashing_queue: u32,
 
     /// Threads running connections and events. 0: one per CPU core. Several nodes sharing
     /// one machine each do better with more than their share of the cores (see
@@ -387,6 +415,18 @@ impl Config {
         Duration::from_secs(self.ws_ping_secs)
     }
 
+    pub fn http_header_timeout(&self) -> Duration {
+        Duration::from_secs(self.http_header_timeout_secs)
+    }
+
+    /// Hashing threads: the configured number, or one per CPU core.
+    pub fn hashing_threads(&self) -> usize {
+        match self.hashing_concurrency {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n as usize,
+        }
+    }
+
     pub fn tick_interval(&self) -> Option<Duration> {
         (self.tick_interval_ms > 0).then(|| Duration::from_millis(self.tick_interval_ms))
     }
@@ -439,6 +479,28 @@ mod tests {
             config.jwt_secret.map(|s| s.expose().to_owned()).as_deref(),
             Some("hunter2-very-secret")
         );
+    }
+
+    #[test]
+    fn edge_and_hashing_settings_have_their_defaults_and_bounds() {
+        let config = load(&[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.http_header_timeout(), Duration::from_secs(10));
+        assert_eq!(config.write_timeout(), Duration::from_secs(10));
+        assert_eq!(config.max_connections_per_ip, 64);
+        assert_eq!(config.max_sockets, 0);
+        assert_eq!(config.hashing_queue, 32);
+        assert_eq!(config.hashing_concurrency, 0);
+        assert!(config.hashing_threads() >= 1, "0 means one per core");
+        let config = load(&["--hashing-concurrency", "3"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.hashing_threads(), 3);
+        for zero in ["http_header_timeout_secs", "write_timeout_secs"] {
+            let (_dir, path) = write(&format!("{zero} = 0\n"));
+            let error = load(&["--config", &path.to_string_lossy()])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.contains(zero), "{zero}: {error}");
+        }
     }
 
     #[test]

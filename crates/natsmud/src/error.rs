@@ -21,8 +21,12 @@ pub enum ApiError {
     ShuttingDown,
     #[error("the server is full; try again later")]
     ServerFull,
-    #[error("too many attempts; try again in {} s", .0.as_secs().max(1))]
+    #[error("too many attempts; try again in {} s", retry_after_secs(*.0))]
     RateLimited(std::time::Duration),
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("the server is busy; try again in {} s", retry_after_secs(*.0))]
+    Busy(std::time::Duration),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -38,9 +42,16 @@ impl ApiError {
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Self::ServerFull => (StatusCode::SERVICE_UNAVAILABLE, "server_full"),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
+}
+
+/// Whole seconds for `Retry-After`, rounded up and at least 1.
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 /// The JSON error body every endpoint uses.
@@ -59,8 +70,9 @@ impl IntoResponse for ApiError {
             tracing::error!(error = format!("{error:#}"), "request failed");
         }
         let mut response = error_body(status, code, &self.to_string());
-        if let Self::RateLimited(wait) = &self
-            && let Ok(value) = axum::http::HeaderValue::from_str(&wait.as_secs().max(1).to_string())
+        if let Self::RateLimited(wait) | Self::Busy(wait) = &self
+            && let Ok(value) =
+                axum::http::HeaderValue::from_str(&retry_after_secs(*wait).to_string())
         {
             response
                 .headers_mut()

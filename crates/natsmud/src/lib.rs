@@ -12,6 +12,8 @@
 //!   port 0); it wires everything below together and drains on shutdown.
 //! - [`world`]: rooms, zones and sub-zones from JSON, validated at load.
 //! - [`db`] and [`auth`]: accounts in SQLite, argon2id passwords, JWT access tokens.
+//! - [`net`]: the accept loop: socket caps, timeouts and the write deadline every
+//!   connection (HTTP, WebSocket, SSE) inherits.
 //! - [`routes`]: HTTP (`/api/auth/*`, `/health`, `/metrics`, the web client), the WebSocket
 //!   (`/api/ws`) and SSE (`/api/events` + `POST /api/command`), sharing one connection life
 //!   ([`routes::session`]).
@@ -28,6 +30,7 @@ pub mod error;
 pub mod game;
 pub mod limits;
 pub mod nats;
+pub mod net;
 pub mod realtime;
 pub mod routes;
 pub mod services;

@@ -72,11 +72,7 @@ pub async fn run(
         &config.data_dir,
     )?;
     let tokens = Tokens::new(&secret, Duration::from_secs(config.token_ttl_secs));
-    let passwords = Passwords::new(
-        config.hashing_concurrency as usize,
-        config.password_hash_memory_kib,
-        config.password_hash_iterations,
-    )?;
+    let passwords = Passwords::from_config(&config)?;
     let auth_limiter = AuthLimiter::new(config.auth_per_minute);
     let player_limits = PlayerLimits::new(
         config.commands_per_sec,
@@ -156,16 +152,13 @@ pub async fn run(
     tokio::spawn(forget_idle_limits(state.clone(), stop_services.clone()));
 
     let stop_http = CancellationToken::new();
-    let server = {
-        let stop_http = stop_http.clone();
-        let router = crate::routes::router(state.clone());
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop_http.cancelled().await })
-    };
-    let server_task = tokio::spawn(async move { server.await });
+    let server = crate::net::serve(
+        listener,
+        crate::routes::router(state.clone()),
+        crate::net::Settings::from_config(&state.config),
+        stop_http.clone(),
+    );
+    let server_task = tokio::spawn(server);
     let failure = tokio::select! {
         () = shutdown => None,
         problem = fatal.raised() => {

@@ -14,6 +14,12 @@
 //! - `nats_in_messages_total`, `nats_out_messages_total`, `nats_in_bytes_total`,
 //!   `nats_out_bytes_total`: the NATS client's own traffic counts (what this node receives
 //!   from NATS is what its subscriptions cost).
+//! - `sockets_open` (gauge): accepted TCP sockets open, of every kind;
+//!   `sockets_refused_total{reason}` (`per_ip`, `max_sockets`): answered 503 and closed;
+//!   `accept_errors_total`; `write_timeouts_total`: connections closed because a write made
+//!   no progress for `write_timeout_secs`.
+//! - `password_hashes_in_flight` (gauge), `password_hashing_refused_total`: logins and
+//!   registrations refused with 503 `busy` because the hashing queue was full.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -38,6 +44,12 @@ pub const NATS_IN_MESSAGES: &str = "natsmud_nats_in_messages_total";
 pub const NATS_OUT_MESSAGES: &str = "natsmud_nats_out_messages_total";
 pub const NATS_IN_BYTES: &str = "natsmud_nats_in_bytes_total";
 pub const NATS_OUT_BYTES: &str = "natsmud_nats_out_bytes_total";
+pub const SOCKETS_OPEN: &str = "natsmud_sockets_open";
+pub const SOCKETS_REFUSED: &str = "natsmud_sockets_refused_total";
+pub const ACCEPT_ERRORS: &str = "natsmud_accept_errors_total";
+pub const WRITE_TIMEOUTS: &str = "natsmud_write_timeouts_total";
+pub const PASSWORD_HASHES_IN_FLIGHT: &str = "natsmud_password_hashes_in_flight";
+pub const PASSWORD_HASHING_REFUSED: &str = "natsmud_password_hashing_refused_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -101,6 +113,21 @@ fn describe() {
     describe_counter!(
         NATS_SLOW_CONSUMER,
         "Times NATS reported this node too slow for its subscription"
+    );
+    describe_gauge!(SOCKETS_OPEN, "Accepted TCP sockets open, of every kind");
+    describe_counter!(
+        SOCKETS_REFUSED,
+        "Sockets answered 503 and closed at accept, by cap (per_ip, max_sockets)"
+    );
+    describe_counter!(ACCEPT_ERRORS, "Errors accepting a TCP connection");
+    describe_counter!(
+        WRITE_TIMEOUTS,
+        "Connections closed because a write to the client made no progress in time"
+    );
+    describe_gauge!(PASSWORD_HASHES_IN_FLIGHT, "Password hashes being computed");
+    describe_counter!(
+        PASSWORD_HASHING_REFUSED,
+        "Logins and registrations refused because the hashing queue was full"
     );
 }
 

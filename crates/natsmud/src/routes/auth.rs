@@ -8,16 +8,22 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use natsmud_protocol::{PlayerId, PlayerName};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
+use crate::auth::AuthError;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
+/// Largest register or login body. Credentials are short (a 256-character password is at
+/// most 1 KiB of UTF-8, 3 KiB as JSON escapes), so anything larger is not a login.
+pub const MAX_BODY_BYTES: usize = 4 * 1024;
 /// Passwords longer than this are refused before hashing, so nobody can make the server
 /// hash megabytes.
-const MAX_PASSWORD_BYTES: usize = 256;
+const MAX_PASSWORD_CHARS: usize = 256;
 const MIN_PASSWORD_CHARS: usize = 8;
 
-#[derive(Deserialize)]
+const EXPECTED: &str = r#"send {"username": "…", "password": "…"}"#;
+
 pub struct Credentials {
     username: String,
     password: String,
@@ -31,13 +37,55 @@ pub struct AuthResponse {
     pub token_type: String,
 }
 
-fn body(payload: Result<Json<Credentials>, JsonRejection>) -> Result<Credentials, ApiError> {
-    payload.map(|Json(c)| c).map_err(|e| {
-        ApiError::Malformed(format!(
-            "expected JSON {{\"username\",\"password\"}}: {}",
-            e.body_text()
-        ))
+/// Reads the credentials, explaining in plain words what is wrong with a bad body (the
+/// extractor's own messages name Rust types).
+fn body(payload: Result<Json<Value>, JsonRejection>) -> Result<Credentials, ApiError> {
+    let value = match payload {
+        Ok(Json(value)) => value,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
+        }
+        Err(JsonRejection::MissingJsonContentType(_)) => {
+            return Err(ApiError::Malformed(format!(
+                "the body must be JSON, sent with Content-Type: application/json; {EXPECTED}"
+            )));
+        }
+        Err(JsonRejection::JsonSyntaxError(_) | JsonRejection::JsonDataError(_)) => {
+            return Err(ApiError::Malformed(format!(
+                "the body is not valid JSON; {EXPECTED}"
+            )));
+        }
+        Err(_) => {
+            return Err(ApiError::Malformed(
+                "the request body could not be read".to_owned(),
+            ));
+        }
+    };
+    let Value::Object(mut fields) = value else {
+        return Err(ApiError::Malformed(format!(
+            "the body must be a JSON object; {EXPECTED}"
+        )));
+    };
+    let mut field = |name: &str| match fields.remove(name) {
+        Some(Value::String(text)) => Ok(text),
+        Some(_) => Err(ApiError::Malformed(format!(
+            "\"{name}\" must be a string; {EXPECTED}"
+        ))),
+        None => Err(ApiError::Malformed(format!(
+            "\"{name}\" is missing; {EXPECTED}"
+        ))),
+    };
+    Ok(Credentials {
+        username: field("username")?,
+        password: field("password")?,
     })
+}
+
+fn busy(error: AuthError) -> ApiError {
+    match error {
+        AuthError::Busy(wait) => ApiError::Busy(wait),
+        other => ApiError::Internal(other.into()),
+    }
 }
 
 fn respond(app: &AppState, id: &PlayerId, name: &PlayerName) -> Result<AuthResponse, ApiError> {
@@ -56,7 +104,7 @@ fn respond(app: &AppState, id: &PlayerId, name: &PlayerName) -> Result<AuthRespo
 pub async fn register(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    payload: Result<Json<Credentials>, JsonRejection>,
+    payload: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<AuthResponse>), ApiError> {
     app.auth_limiter
         .check(peer.ip())
@@ -66,12 +114,18 @@ pub async fn register(
         code: "invalid_username",
         message: "Usernames are 3–20 characters: a letter, then letters, digits or '_'.".to_owned(),
     })?;
+    if name.is_reserved() {
+        return Err(ApiError::Invalid {
+            code: "invalid_username",
+            message: format!("The name {name} is reserved; choose another."),
+        });
+    }
     let chars = credentials.password.chars().count();
-    if chars < MIN_PASSWORD_CHARS || credentials.password.len() > MAX_PASSWORD_BYTES {
+    if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&chars) {
         return Err(ApiError::Invalid {
             code: "invalid_password",
             message: format!(
-                "Passwords are {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_BYTES} characters."
+                "Passwords are {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters."
             ),
         });
     }
@@ -82,7 +136,7 @@ pub async fn register(
         .passwords
         .hash(credentials.password)
         .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+        .map_err(busy)?;
     let id = PlayerId::parse(&uuid::Uuid::new_v4().to_string())
         .map_err(|e| ApiError::Internal(e.into()))?;
     app.accounts
@@ -95,13 +149,13 @@ pub async fn register(
 pub async fn login(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    payload: Result<Json<Credentials>, JsonRejection>,
+    payload: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<AuthResponse>, ApiError> {
     app.auth_limiter
         .check(peer.ip())
         .map_err(ApiError::RateLimited)?;
     let credentials = body(payload)?;
-    if credentials.password.len() > MAX_PASSWORD_BYTES {
+    if credentials.password.chars().count() > MAX_PASSWORD_CHARS {
         return Err(ApiError::BadCredentials);
     }
     let account = match PlayerName::parse(credentials.username.trim()) {
@@ -109,7 +163,12 @@ pub async fn login(
         Err(_) => None,
     };
     let hash = account.as_ref().map(|a| a.password_hash.clone());
-    if !app.passwords.verify(credentials.password, hash).await {
+    if !app
+        .passwords
+        .verify(credentials.password, hash)
+        .await
+        .map_err(busy)?
+    {
         return Err(ApiError::BadCredentials);
     }
     let account = account.ok_or(ApiError::BadCredentials)?;

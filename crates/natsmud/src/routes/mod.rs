@@ -9,14 +9,21 @@ pub mod web;
 pub mod ws;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 use crate::startup::AppState;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/auth/register", post(auth::register))
-        .route("/api/auth/login", post(auth::login))
+        .route(
+            "/api/auth/register",
+            post(auth::register).layer(DefaultBodyLimit::max(auth::MAX_BODY_BYTES)),
+        )
+        .route(
+            "/api/auth/login",
+            post(auth::login).layer(DefaultBodyLimit::max(auth::MAX_BODY_BYTES)),
+        )
         .route("/api/ws", get(ws::upgrade))
         .route("/api/events", get(sse::events))
         .route("/api/command", post(command::submit))

@@ -7,6 +7,12 @@ use include_dir::{Dir, include_dir};
 
 static CLIENT: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/static");
 
+/// The page's own `<meta>` policy, plus what only a header can say: no other site may frame
+/// the client (clickjacking). Keep the two in step with static/index.html.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+     form-action 'self'; frame-ancestors 'none'";
+
 pub async fn index() -> Response {
     file("index.html")
 }
@@ -23,6 +29,9 @@ fn file(path: &str) -> Response {
                 (header::CONTENT_TYPE, content_type(path)),
                 (header::CACHE_CONTROL, "no-cache"),
                 (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+                // For browsers that predate `frame-ancestors`.
+                (header::X_FRAME_OPTIONS, "DENY"),
             ],
             file.contents(),
         )
@@ -41,5 +50,28 @@ fn content_type(path: &str) -> &'static str {
         Some("ico") => "image/x-icon",
         Some("json") => "application/json",
         _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_policy_is_the_pages_own_plus_frame_ancestors() {
+        let page = CLIENT
+            .get_file("index.html")
+            .and_then(|f| f.contents_utf8())
+            .unwrap_or_default();
+        let meta = page
+            .split("http-equiv=\"Content-Security-Policy\" content=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default();
+        assert!(!meta.is_empty(), "index.html has a CSP meta tag");
+        assert_eq!(
+            CONTENT_SECURITY_POLICY,
+            format!("{meta}; frame-ancestors 'none'")
+        );
     }
 }

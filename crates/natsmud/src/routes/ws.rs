@@ -256,6 +256,21 @@ fn close_reason_for(error: axum::Error) -> CloseReason {
     }
 }
 
+/// Why a write failed: a socket whose writes stopped making progress (the socket layer's
+/// write deadline) is a slow consumer; anything else means the peer is gone.
+fn close_reason_for_write(error: axum::Error) -> CloseReason {
+    match error.into_inner().downcast::<tungstenite::Error>() {
+        Ok(error) => match *error {
+            tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                CloseReason::SLOW_CONSUMER
+            }
+            tungstenite::Error::WriteBufferFull(_) => CloseReason::SLOW_CONSUMER,
+            _ => CloseReason::NORMAL,
+        },
+        Err(_) => CloseReason::NORMAL,
+    }
+}
+
 fn close_message(reason: CloseReason) -> Message {
     Message::Close(Some(CloseFrame {
         code: reason.code,
@@ -306,7 +321,7 @@ enum Wrote {
     Done,
     /// The connection was closed meanwhile.
     Closed,
-    Failed,
+    Failed(axum::Error),
 }
 
 async fn write_loop(writer: Writer) {
@@ -342,7 +357,7 @@ async fn write_loop(writer: Writer) {
                     _ = &mut closed => Wrote::Closed,
                     sent = tokio::time::timeout(write_timeout, write_batch(&mut sink, &mut outbound, first, &delivery_seconds)) => match sent {
                         Ok(Ok(())) => Wrote::Done,
-                        Ok(Err(_)) => Wrote::Failed,
+                        Ok(Err(error)) => Wrote::Failed(error),
                         Err(_) => {
                             crate::realtime::connection::slow_consumer(&kick);
                             Wrote::Closed
@@ -362,7 +377,7 @@ async fn write_loop(writer: Writer) {
                     _ = &mut closed => Wrote::Closed,
                     sent = tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))) => match sent {
                         Ok(Ok(())) => Wrote::Done,
-                        Ok(Err(_)) => Wrote::Failed,
+                        Ok(Err(error)) => Wrote::Failed(error),
                         Err(_) => {
                             crate::realtime::connection::slow_consumer(&kick);
                             Wrote::Closed
@@ -374,8 +389,13 @@ async fn write_loop(writer: Writer) {
         match wrote {
             Wrote::Done => {}
             Wrote::Closed => break,
-            Wrote::Failed => {
-                kick.close(CloseReason::NORMAL);
+            Wrote::Failed(error) => {
+                let reason = close_reason_for_write(error);
+                if reason == CloseReason::SLOW_CONSUMER {
+                    crate::realtime::connection::slow_consumer(&kick);
+                } else {
+                    kick.close(reason);
+                }
                 return;
             }
         }

@@ -150,6 +150,8 @@ impl TestApp {
         config.commands_per_sec = 0;
         config.auth_per_minute = 0;
         config.max_connections = 0;
+        // Every test connects from 127.0.0.1; the per-address cap has tests of its own.
+        config.max_connections_per_ip = 0;
         config.password_hash_memory_kib = 64;
         config.password_hash_iterations = 1;
         adjust(&mut config);
@@ -160,7 +162,12 @@ impl TestApp {
             config,
             shutdown: None,
             task: None,
-            http: reqwest::Client::new(),
+            // Under the server's 10 s keep-alive timeout, so a pooled connection is never
+            // reused just as the server closes it.
+            http: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
         };
         app.start().await;
         app
