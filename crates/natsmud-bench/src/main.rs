@@ -117,17 +117,10 @@ async fn interruptible<F: std::future::Future<Output = Result<()>>>(work: F) -> 
 }
 
 async fn external(args: ExternalArgs, mode: Mode) -> Result<()> {
-    let name = args.name.clone().unwrap_or_else(|| {
-        format!(
-            "{}-{}",
-            if mode == Mode::Active {
-                "active"
-            } else {
-                "idle"
-            },
-            args.load.players
-        )
-    });
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", mode.name(), args.load.players));
     let mut result = ScenarioResult::new(name, mode, &args.load, false, args.servers.len());
     result.ticking_nodes = 0;
     std::fs::create_dir_all(&args.work_dir)?;
@@ -209,17 +202,10 @@ async fn run(cli: Cli) -> Result<()> {
                     args.load.players.div_ceil(args.load.per_process.max(1)) as usize
                 })
                 .max(1);
-            let name = args.name.clone().unwrap_or_else(|| {
-                format!(
-                    "{}-{}",
-                    if args.mode == Mode::Active {
-                        "active"
-                    } else {
-                        "idle"
-                    },
-                    args.load.players
-                )
-            });
+            let name = args
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", args.mode.name(), args.load.players));
             let mut result = ScenarioResult::new(name, args.mode, &args.load, args.quick, nodes);
             let outcome = interruptible(scenario::run(&args, &mut result)).await;
             finish(result, outcome, &args.out)
