@@ -30,6 +30,9 @@ pub enum Mode {
     Active,
     /// Connected players doing nothing; only ticks reach them.
     Idle,
+    /// The crowded room: everyone in one room, moving to the next one and back every
+    /// 1.5 s (`scenario` only; see crowd.rs).
+    Crowd,
 }
 
 impl Mode {
@@ -38,6 +41,7 @@ impl Mode {
         match self {
             Mode::Active => "active",
             Mode::Idle => "idle",
+            Mode::Crowd => "crowd",
         }
     }
 

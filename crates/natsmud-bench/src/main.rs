@@ -4,7 +4,7 @@
 //! - `run` / `idle`: drive running servers with the standard workload, or with idle
 //!   players, and write the results as JSON.
 //! - `scenario`: the same from scratch — fresh nats-server, fresh natsmud node(s), fresh
-//!   data — and everything stopped at the end.
+//!   data — and everything stopped at the end; also the crowded room (`--mode crowd`).
 //! - `report`: docs/benchmarks.md and its plots from scenario results.
 //! - `floor`: the kernel's own cost of a fan-out here (no natsmud involved): the lower
 //!   bound the figures are compared with.
@@ -12,6 +12,9 @@
 
 mod analysis;
 mod clock;
+mod crowd;
+mod crowd_figures;
+mod crowd_report;
 mod floor;
 mod load;
 mod players;

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
 
 use crate::analysis::{Delivery, Latency};
+use crate::crowd_report;
 use crate::floor::FloorResult;
 use crate::load::Mode;
 use crate::procs::Usage;
@@ -170,6 +171,7 @@ pub fn print_summary(result: &ScenarioResult) {
             m.rss_per_connection_kib
         );
     }
+    crowd_report::print_summary(result);
 }
 
 pub fn write(args: &ReportArgs) -> Result<()> {
@@ -465,6 +467,7 @@ fn targets(results: &[ScenarioResult]) -> Vec<Target<'static>> {
             })
         })),
     });
+    out.extend(crowd_report::targets(results));
     let mut faults = Faults::default();
     for r in &good {
         let f = Faults::of(r);
@@ -670,6 +673,7 @@ fn scenario_section(s: &mut String, r: &ScenarioResult) {
     let mode = match r.mode {
         Mode::Active => "standard workload",
         Mode::Idle => "idle players, game tick only",
+        Mode::Crowd => return crowd_report::section(s, r),
     };
     let _ = writeln!(
         s,
@@ -1019,7 +1023,7 @@ few minutes; `--only active-20000,idle-10000` for some scenarios; `--duration`, 
 `--idle-duration` for the windows). It takes the open-files limit to its maximum, builds the \
 release binaries and installs the pinned nats-server.\n\
 - `natsmud-bench scenario --mode active --players N --nats-server BIN …` runs one scenario from \
-scratch; `natsmud-bench world --players N --out DIR` writes the world; `natsmud-bench run` and \
+scratch (`--mode crowd` for the crowded room); `natsmud-bench world --players N --out DIR` writes the world; `natsmud-bench run` and \
 `natsmud-bench idle` drive node(s) you started yourself (`--server URL`, `--server-pid`, \
 `--nats-pid`, `--world`, `--database`); `natsmud-bench report` rewrites this page from results \
 files. Each has `--help`.\n",

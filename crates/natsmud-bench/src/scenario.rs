@@ -73,6 +73,8 @@ pub struct ScenarioArgs {
     pub server_args: Vec<String>,
     #[command(flatten)]
     pub load: LoadArgs,
+    #[command(flatten)]
+    pub crowd: crate::crowd::CrowdArgs,
 }
 
 /// One scenario's results file.
@@ -95,6 +97,9 @@ pub struct ScenarioResult {
     pub nats_server_version: String,
     pub load: LoadArgs,
     pub outcome: Option<RunOutcome>,
+    /// The crowded room's own figures (`--mode crowd`).
+    #[serde(default)]
+    pub crowd: Option<crate::crowd_figures::CrowdFigures>,
 }
 
 impl ScenarioResult {
@@ -114,6 +119,7 @@ impl ScenarioResult {
             nats_server_version: String::new(),
             load: load.clone(),
             outcome: None,
+            crowd: None,
         }
     }
 
@@ -357,6 +363,10 @@ pub async fn start_stack(
 /// Runs the scenario, filling `result` as it goes (so a failure still reports how far it
 /// got). Every process started here is stopped before returning.
 pub async fn run(args: &ScenarioArgs, result: &mut ScenarioResult) -> Result<()> {
+    match args.mode {
+        Mode::Crowd => return crate::crowd::run(args, result).await,
+        Mode::Active | Mode::Idle => {}
+    }
     fresh_work_dir(&args.work_dir)?;
     let generated = world::generate(args.load.players as usize, args.load.seed);
     let stack = start_stack(args, result, &generated, SERVER_FLAGS).await?;
