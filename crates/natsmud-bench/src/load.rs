@@ -33,6 +33,9 @@ pub enum Mode {
     /// The crowded room: everyone in one room, moving to the next one and back every
     /// 1.5 s (`scenario` only; see crowd.rs).
     Crowd,
+    /// A wave of concurrent registrations, then logins, at the default hashing cost:
+    /// the server's memory (`scenario` only; see auth_wave.rs).
+    Auth,
 }
 
 impl Mode {
@@ -42,6 +45,7 @@ impl Mode {
             Mode::Active => "active",
             Mode::Idle => "idle",
             Mode::Crowd => "crowd",
+            Mode::Auth => "auth",
         }
     }
 

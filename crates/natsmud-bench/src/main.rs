@@ -4,13 +4,16 @@
 //! - `run` / `idle`: drive running servers with the standard workload, or with idle
 //!   players, and write the results as JSON.
 //! - `scenario`: the same from scratch — fresh nats-server, fresh natsmud node(s), fresh
-//!   data — and everything stopped at the end; also the crowded room (`--mode crowd`).
+//!   data — and everything stopped at the end; also the crowded room (`--mode crowd`) and
+//!   the login wave (`--mode auth`).
 //! - `report`: docs/benchmarks.md and its plots from scenario results.
 //! - `floor`: the kernel's own cost of a fan-out here (no natsmud involved): the lower
 //!   bound the figures are compared with.
 //! - `worker` (internal): one load-generator process of a run.
 
 mod analysis;
+mod auth_report;
+mod auth_wave;
 mod clock;
 mod crowd;
 mod crowd_figures;
@@ -23,6 +26,7 @@ mod proto;
 mod provenance;
 mod records;
 mod report;
+mod rss_sampler;
 mod scenario;
 mod timed;
 mod worker;

@@ -7,11 +7,11 @@ use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
 
 use crate::analysis::{Delivery, Latency};
-use crate::crowd_report;
 use crate::floor::FloorResult;
 use crate::load::Mode;
 use crate::procs::Usage;
 use crate::scenario::ScenarioResult;
+use crate::{auth_report, crowd_report};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReportArgs {
@@ -120,6 +120,7 @@ pub fn print_summary(result: &ScenarioResult) {
             .map(|e| format!(": {e}"))
             .unwrap_or_default()
     );
+    auth_report::print_summary(result);
     let Some(o) = &result.outcome else { return };
     eprintln!(
         "  players {}/{} connected, {} node(s), {} worker(s), {} disconnect(s)",
@@ -468,6 +469,7 @@ fn targets(results: &[ScenarioResult]) -> Vec<Target<'static>> {
         })),
     });
     out.extend(crowd_report::targets(results));
+    out.extend(auth_report::targets(results));
     let mut faults = Faults::default();
     for r in &good {
         let f = Faults::of(r);
@@ -674,6 +676,7 @@ fn scenario_section(s: &mut String, r: &ScenarioResult) {
         Mode::Active => "standard workload",
         Mode::Idle => "idle players, game tick only",
         Mode::Crowd => return crowd_report::section(s, r),
+        Mode::Auth => return auth_report::section(s, r),
     };
     let _ = writeln!(
         s,
@@ -1023,7 +1026,7 @@ few minutes; `--only active-20000,idle-10000` for some scenarios; `--duration`, 
 `--idle-duration` for the windows). It takes the open-files limit to its maximum, builds the \
 release binaries and installs the pinned nats-server.\n\
 - `natsmud-bench scenario --mode active --players N --nats-server BIN …` runs one scenario from \
-scratch (`--mode crowd` for the crowded room); `natsmud-bench world --players N --out DIR` writes the world; `natsmud-bench run` and \
+scratch (`--mode crowd`, `--mode auth` for the crowded room and the login wave); `natsmud-bench world --players N --out DIR` writes the world; `natsmud-bench run` and \
 `natsmud-bench idle` drive node(s) you started yourself (`--server URL`, `--server-pid`, \
 `--nats-pid`, `--world`, `--database`); `natsmud-bench report` rewrites this page from results \
 files. Each has `--help`.\n",

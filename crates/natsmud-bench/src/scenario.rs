@@ -18,7 +18,8 @@ use crate::world;
 
 /// Flags every benchmark node gets when its `natsmud --help` lists them: cheap password
 /// hashing (registering 100,000 players must not take an hour), every rate limit and
-/// connection cap off (0), quiet logs. The one place to change them.
+/// connection cap off (0), quiet logs. The one place to change them: the login wave
+/// (auth_wave.rs) takes all of them but the hashing cost, which it measures.
 pub const SERVER_FLAGS: &[(&str, &str)] = &[
     ("--password-hash-memory-kib", "8"),
     ("--password-hash-iterations", "1"),
@@ -75,6 +76,8 @@ pub struct ScenarioArgs {
     pub load: LoadArgs,
     #[command(flatten)]
     pub crowd: crate::crowd::CrowdArgs,
+    #[command(flatten)]
+    pub auth: crate::auth_wave::AuthArgs,
 }
 
 /// One scenario's results file.
@@ -100,6 +103,9 @@ pub struct ScenarioResult {
     /// The crowded room's own figures (`--mode crowd`).
     #[serde(default)]
     pub crowd: Option<crate::crowd_figures::CrowdFigures>,
+    /// The login wave's figures (`--mode auth`), which has no load-generator run.
+    #[serde(default)]
+    pub auth: Option<crate::auth_wave::AuthOutcome>,
 }
 
 impl ScenarioResult {
@@ -120,6 +126,7 @@ impl ScenarioResult {
             load: load.clone(),
             outcome: None,
             crowd: None,
+            auth: None,
         }
     }
 
@@ -365,6 +372,7 @@ pub async fn start_stack(
 pub async fn run(args: &ScenarioArgs, result: &mut ScenarioResult) -> Result<()> {
     match args.mode {
         Mode::Crowd => return crate::crowd::run(args, result).await,
+        Mode::Auth => return crate::auth_wave::run(args, result).await,
         Mode::Active | Mode::Idle => {}
     }
     fresh_work_dir(&args.work_dir)?;
