@@ -1023,7 +1023,7 @@ ephemeral ports, so client sockets are bound to 127.0.0.2, 127.0.0.3, … before
 \n\
 - `scripts/bench` runs everything above and rewrites this page (`--quick` for a smoke run of a \
 few minutes; `--only active-20000,idle-10000` for some scenarios; `--duration`, `--warmup`, \
-`--idle-duration` for the windows). It takes the open-files limit to its maximum, builds the \
+`--idle-duration`, `--crowd-duration` for the windows). It takes the open-files limit to its maximum, builds the \
 release binaries and installs the pinned nats-server.\n\
 - `natsmud-bench scenario --mode active --players N --nats-server BIN …` runs one scenario from \
 scratch (`--mode crowd`, `--mode auth` for the crowded room and the login wave); `natsmud-bench world --players N --out DIR` writes the world; `natsmud-bench run` and \
