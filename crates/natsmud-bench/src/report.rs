@@ -187,8 +187,8 @@ pub fn write(args: &ReportArgs) -> Result<()> {
             Err(e) => unreadable.push(format!("{}: {e}", path.display())),
         }
     }
-    // Active scenarios first, each kind by players.
-    results.sort_by_key(|r| (r.mode != Mode::Active, r.players));
+    // Active scenarios first, then idle, each kind by players; the other shapes after them.
+    results.sort_by_key(|r| (!r.mode.is_standard(), r.mode != Mode::Active, r.players));
     std::fs::create_dir_all(&args.plots)?;
     let plots = match plot_all(&results, &args.plots) {
         Ok(p) => p,
