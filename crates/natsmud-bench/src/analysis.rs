@@ -103,7 +103,7 @@ pub struct Inputs<'a> {
     pub tick_interval_ms: u64,
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // 1 µs to 1 h at 3 significant figures: valid bounds, so this cannot fail.
     Histogram::new_with_bounds(1, 3_600_000_000, 3)
         .unwrap_or_else(|e| panic!("hdrhistogram refused valid bounds: {e}"))

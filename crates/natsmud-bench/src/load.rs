@@ -30,6 +30,30 @@ pub enum Mode {
     Active,
     /// Connected players doing nothing; only ticks reach them.
     Idle,
+    /// The crowded room: everyone in one room, moving to the next one and back every
+    /// 1.5 s (`scenario` only; see crowd.rs).
+    Crowd,
+    /// A wave of concurrent registrations, then logins, at the default hashing cost:
+    /// the server's memory (`scenario` only; see auth_wave.rs).
+    Auth,
+}
+
+impl Mode {
+    /// The scenario name's prefix, e.g. `active` in `active-1000`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Active => "active",
+            Mode::Idle => "idle",
+            Mode::Crowd => "crowd",
+            Mode::Auth => "auth",
+        }
+    }
+
+    /// The standard workload's scenarios (active, idle), which the report's overview,
+    /// plots and scale targets compare with one another.
+    pub fn is_standard(self) -> bool {
+        matches!(self, Mode::Active | Mode::Idle)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -498,20 +522,13 @@ pub async fn coordinate(
 
     // 5. Read back and analyse.
     eprintln!("bench: analysing");
-    let mut all_players: Vec<PlayerRun> = Vec::new();
-    let mut sent: Vec<Sent> = Vec::new();
-    let mut receipts: Vec<Receipt> = Vec::new();
-    for w in 0..workers {
-        let base = work_dir.join(format!("worker-{w}"));
-        let json = base.with_extension("json");
-        let output: WorkerOutput = serde_json::from_slice(
-            &std::fs::read(&json).with_context(|| format!("reading {}", json.display()))?,
-        )?;
-        read_receipts(&base.with_extension("bin"), &mut receipts)?;
-        outcome.counters.add(&output.counters);
-        all_players.extend(output.players);
-        sent.extend(output.sent);
-    }
+    let Records {
+        players: all_players,
+        sent,
+        receipts,
+        counters,
+    } = read_records(work_dir, workers)?;
+    outcome.counters = counters;
     let setup = &mut outcome.setup;
     setup.connected = all_players.iter().filter(|p| p.connected).count() as u32;
     for p in &all_players {
@@ -549,6 +566,33 @@ pub async fn coordinate(
     .await
     .context("analysis panicked")?;
     Ok(outcome)
+}
+
+/// What every worker of a run recorded, together.
+#[derive(Debug, Default)]
+pub struct Records {
+    pub players: Vec<PlayerRun>,
+    pub sent: Vec<Sent>,
+    pub receipts: Vec<Receipt>,
+    pub counters: Counters,
+}
+
+/// Reads back the records `workers` worker processes wrote into `work_dir`.
+pub fn read_records(work_dir: &Path, workers: usize) -> Result<Records> {
+    let mut records = Records::default();
+    for w in 0..workers {
+        let base = work_dir.join(format!("worker-{w}"));
+        let json = base.with_extension("json");
+        let output: WorkerOutput = serde_json::from_slice(
+            &std::fs::read(&json).with_context(|| format!("reading {}", json.display()))?,
+        )
+        .with_context(|| format!("parsing {}", json.display()))?;
+        read_receipts(&base.with_extension("bin"), &mut records.receipts)?;
+        records.counters.add(&output.counters);
+        records.players.extend(output.players);
+        records.sent.extend(output.sent);
+    }
+    Ok(records)
 }
 
 #[cfg(test)]

@@ -4,14 +4,20 @@
 //! - `run` / `idle`: drive running servers with the standard workload, or with idle
 //!   players, and write the results as JSON.
 //! - `scenario`: the same from scratch — fresh nats-server, fresh natsmud node(s), fresh
-//!   data — and everything stopped at the end.
+//!   data — and everything stopped at the end; also the crowded room (`--mode crowd`) and
+//!   the login wave (`--mode auth`).
 //! - `report`: docs/benchmarks.md and its plots from scenario results.
 //! - `floor`: the kernel's own cost of a fan-out here (no natsmud involved): the lower
 //!   bound the figures are compared with.
 //! - `worker` (internal): one load-generator process of a run.
 
 mod analysis;
+mod auth_report;
+mod auth_wave;
 mod clock;
+mod crowd;
+mod crowd_figures;
+mod crowd_report;
 mod floor;
 mod load;
 mod players;
@@ -20,6 +26,7 @@ mod proto;
 mod provenance;
 mod records;
 mod report;
+mod rss_sampler;
 mod scenario;
 mod timed;
 mod worker;
@@ -117,17 +124,10 @@ async fn interruptible<F: std::future::Future<Output = Result<()>>>(work: F) -> 
 }
 
 async fn external(args: ExternalArgs, mode: Mode) -> Result<()> {
-    let name = args.name.clone().unwrap_or_else(|| {
-        format!(
-            "{}-{}",
-            if mode == Mode::Active {
-                "active"
-            } else {
-                "idle"
-            },
-            args.load.players
-        )
-    });
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", mode.name(), args.load.players));
     let mut result = ScenarioResult::new(name, mode, &args.load, false, args.servers.len());
     result.ticking_nodes = 0;
     std::fs::create_dir_all(&args.work_dir)?;
@@ -209,17 +209,10 @@ async fn run(cli: Cli) -> Result<()> {
                     args.load.players.div_ceil(args.load.per_process.max(1)) as usize
                 })
                 .max(1);
-            let name = args.name.clone().unwrap_or_else(|| {
-                format!(
-                    "{}-{}",
-                    if args.mode == Mode::Active {
-                        "active"
-                    } else {
-                        "idle"
-                    },
-                    args.load.players
-                )
-            });
+            let name = args
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", args.mode.name(), args.load.players));
             let mut result = ScenarioResult::new(name, args.mode, &args.load, args.quick, nodes);
             let outcome = interruptible(scenario::run(&args, &mut result)).await;
             finish(result, outcome, &args.out)

@@ -11,6 +11,7 @@ use crate::floor::FloorResult;
 use crate::load::Mode;
 use crate::procs::Usage;
 use crate::scenario::ScenarioResult;
+use crate::{auth_report, crowd_report};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReportArgs {
@@ -48,7 +49,7 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-fn ms(v: f64) -> String {
+pub(crate) fn ms(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
@@ -58,27 +59,27 @@ fn ms(v: f64) -> String {
     }
 }
 
-fn mib(kib: u64) -> String {
+pub(crate) fn mib(kib: u64) -> String {
     format!("{:.1}", kib as f64 / 1024.0)
 }
 
-fn ok(result: &ScenarioResult) -> bool {
+pub(crate) fn ok(result: &ScenarioResult) -> bool {
     result.status == "ok" && result.outcome.is_some()
 }
 
 /// Lost, duplicated, reordered and echoed events of a scenario (all must be zero).
 #[derive(Debug, Default, Clone, Copy, Serialize)]
-struct Faults {
-    missing: u64,
-    extra: u64,
-    duplicates: u64,
-    out_of_order: u64,
-    echoes: u64,
-    direct_gaps: u64,
+pub(crate) struct Faults {
+    pub missing: u64,
+    pub extra: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub echoes: u64,
+    pub direct_gaps: u64,
 }
 
 impl Faults {
-    fn of(result: &ScenarioResult) -> Self {
+    pub fn of(result: &ScenarioResult) -> Self {
         let Some(o) = &result.outcome else {
             return Self::default();
         };
@@ -93,7 +94,7 @@ impl Faults {
         }
     }
 
-    fn total(&self) -> u64 {
+    pub fn total(&self) -> u64 {
         self.missing
             + self.extra
             + self.duplicates
@@ -103,7 +104,7 @@ impl Faults {
     }
 }
 
-fn latency(result: &ScenarioResult, kind: &str) -> Option<Latency> {
+pub(crate) fn latency(result: &ScenarioResult, kind: &str) -> Option<Latency> {
     let l = result.outcome.as_ref()?.analysis.latency.get(kind)?.clone();
     (l.count > 0).then_some(l)
 }
@@ -119,6 +120,7 @@ pub fn print_summary(result: &ScenarioResult) {
             .map(|e| format!(": {e}"))
             .unwrap_or_default()
     );
+    auth_report::print_summary(result);
     let Some(o) = &result.outcome else { return };
     eprintln!(
         "  players {}/{} connected, {} node(s), {} worker(s), {} disconnect(s)",
@@ -170,6 +172,7 @@ pub fn print_summary(result: &ScenarioResult) {
             m.rss_per_connection_kib
         );
     }
+    crowd_report::print_summary(result);
 }
 
 pub fn write(args: &ReportArgs) -> Result<()> {
@@ -184,8 +187,8 @@ pub fn write(args: &ReportArgs) -> Result<()> {
             Err(e) => unreadable.push(format!("{}: {e}", path.display())),
         }
     }
-    // Active scenarios first, each kind by players.
-    results.sort_by_key(|r| (r.mode != Mode::Active, r.players));
+    // Active scenarios first, then idle, each kind by players; the other shapes after them.
+    results.sort_by_key(|r| (!r.mode.is_standard(), r.mode != Mode::Active, r.players));
     std::fs::create_dir_all(&args.plots)?;
     let plots = match plot_all(&results, &args.plots) {
         Ok(p) => p,
@@ -305,7 +308,9 @@ fn render_floor(floor: &FloorResult, results: &[ScenarioResult]) -> String {
         s,
         "| scenario | tick p99 (ms) | kernel floor for that many players (ms) | ratio |\n| --- | --- | --- | --- |"
     );
-    for r in results.iter().filter(|r| ok(r)) {
+    // The floor bounds the standard fan-outs; a crowd's ticks reach 100 sockets busy with
+    // its own bursts, which is another question.
+    for r in results.iter().filter(|r| ok(r) && r.mode.is_standard()) {
         let Some(tick) = r
             .outcome
             .as_ref()
@@ -337,14 +342,14 @@ fn relative_dir(report: &Path, plots: &Path) -> String {
     }
 }
 
-struct Target<'a> {
-    figure: &'a str,
-    target: &'a str,
-    measured: String,
-    verdict: &'a str,
+pub(crate) struct Target<'a> {
+    pub figure: &'a str,
+    pub target: &'a str,
+    pub measured: String,
+    pub verdict: &'a str,
 }
 
-fn verdict(pass: Option<bool>) -> &'static str {
+pub(crate) fn verdict(pass: Option<bool>) -> &'static str {
     match pass {
         Some(true) => "**pass**",
         Some(false) => "**miss**",
@@ -465,6 +470,8 @@ fn targets(results: &[ScenarioResult]) -> Vec<Target<'static>> {
             })
         })),
     });
+    out.extend(crowd_report::targets(results));
+    out.extend(auth_report::targets(results));
     let mut faults = Faults::default();
     for r in &good {
         let f = Faults::of(r);
@@ -576,7 +583,33 @@ fn render(
     }
     s.push('\n');
 
+    let standard: Vec<&ScenarioResult> = results.iter().filter(|r| r.mode.is_standard()).collect();
     let _ = writeln!(s, "## Overview\n");
+    if standard.is_empty() {
+        let _ = writeln!(
+            s,
+            "No scenario of the standard workload in these results; the sections below have their own figures.\n"
+        );
+    } else {
+        overview_table(&mut s, &standard);
+    }
+
+    if !plots.is_empty() {
+        let _ = writeln!(s, "## Plots\n");
+        for (file, caption) in plots {
+            let _ = writeln!(s, "![{caption}]({plot_dir}/{file})\n");
+        }
+    }
+
+    for r in results {
+        scenario_section(&mut s, r);
+    }
+    method(&mut s);
+    s
+}
+
+/// One row per standard-workload scenario.
+fn overview_table(s: &mut String, standard: &[&ScenarioResult]) {
     let _ = writeln!(
         s,
         "| scenario | players connected | nodes | generator processes | room event p50 / p99 / p99.9 (ms) | tick p50 / p99 / max (ms) | deliveries/s | server RSS (MiB) | server CPU (% of a core) | faults |"
@@ -585,7 +618,7 @@ fn render(
         s,
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
-    for r in results {
+    for r in standard.iter().copied() {
         let Some(o) = &r.outcome else {
             let _ = writeln!(
                 s,
@@ -625,19 +658,6 @@ fn render(
         );
     }
     s.push('\n');
-
-    if !plots.is_empty() {
-        let _ = writeln!(s, "## Plots\n");
-        for (file, caption) in plots {
-            let _ = writeln!(s, "![{caption}]({plot_dir}/{file})\n");
-        }
-    }
-
-    for r in results {
-        scenario_section(&mut s, r);
-    }
-    method(&mut s);
-    s
 }
 
 fn usage_row(s: &mut String, name: &str, u: &Usage) {
@@ -657,6 +677,8 @@ fn scenario_section(s: &mut String, r: &ScenarioResult) {
     let mode = match r.mode {
         Mode::Active => "standard workload",
         Mode::Idle => "idle players, game tick only",
+        Mode::Crowd => return crowd_report::section(s, r),
+        Mode::Auth => return auth_report::section(s, r),
     };
     let _ = writeln!(
         s,
@@ -665,50 +687,14 @@ fn scenario_section(s: &mut String, r: &ScenarioResult) {
         thousands(u64::from(r.players)),
         if r.quick { " (quick run)" } else { "" }
     );
-    let _ = writeln!(s, "- **Command:** `{}`", r.provenance.command);
-    let _ = writeln!(
-        s,
-        "- **Commit:** `{}`; **date:** {}; **machine:** {} cores, {} GiB",
-        r.provenance.commit,
-        r.provenance.date,
-        r.provenance.machine.cpus,
-        r.provenance.machine.memory_gib
-    );
+    provenance_lines(s, r);
     let Some(o) = &r.outcome else {
-        let _ = writeln!(
-            s,
-            "- **Failed:** {}\n",
-            r.error.as_deref().unwrap_or("no result").replace('\n', " ")
-        );
+        failed_line(s, r);
         return;
     };
     let st = &o.setup;
-    let _ = writeln!(
-        s,
-        "- **Processes:** {} natsmud node(s) ({} publishing ticks every 10 s), 1 nats-server ({}), {} load-generator worker process(es) plus the coordinator; client sockets bound to {} loopback source addresses.",
-        r.nodes,
-        r.ticking_nodes,
-        if r.nats_server_version.is_empty() {
-            "version unknown"
-        } else {
-            r.nats_server_version.as_str()
-        },
-        st.worker_processes,
-        st.source_addresses
-    );
-    let _ = writeln!(
-        s,
-        "- **Server flags:** `{}`{}",
-        r.server_flags.join(" "),
-        if r.server_flags_missing.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " (not available in this build, left out: `{}`)",
-                r.server_flags_missing.join(" ")
-            )
-        }
-    );
+    processes_line(s, r, st);
+    flags_line(s, r);
     let _ = writeln!(
         s,
         "- **World:** {} rooms in {} zones ({} sub-zones), seed {}; **placement:** {}.",
@@ -738,25 +724,7 @@ fn scenario_section(s: &mut String, r: &ScenarioResult) {
             r.load.warmup, r.load.duration
         );
     }
-    let _ = writeln!(
-        s,
-        "- **Players:** {} requested, {} registered in {:.1} s, {} connected in {:.1} s{}{}.\n",
-        thousands(u64::from(st.players_requested)),
-        thousands(u64::from(st.registered)),
-        st.registration_secs,
-        thousands(u64::from(st.connected)),
-        st.connect_secs,
-        if st.registration_failures.is_empty() {
-            String::new()
-        } else {
-            format!("; registration failures: {:?}", st.registration_failures)
-        },
-        if st.connect_failures.is_empty() {
-            String::new()
-        } else {
-            format!("; connection failures: {:?}", st.connect_failures)
-        }
-    );
+    players_line(s, st);
 
     let _ = writeln!(
         s,
@@ -791,6 +759,98 @@ fn scenario_section(s: &mut String, r: &ScenarioResult) {
         }
     }
     s.push('\n');
+    deliveries(s, r, o);
+    frame_checks(s, o);
+    resources_table(s, o);
+    if let Some(m) = &o.idle_memory {
+        let _ = writeln!(
+            s,
+            "**Idle memory:** natsmud RSS (all nodes) {} MiB with the players registered but not connected, {} MiB with {} connected at the end of the window: **{:.1} KiB per connection**.\n",
+            mib(m.server_rss_before_kib),
+            mib(m.server_rss_after_kib),
+            thousands(u64::from(m.connected)),
+            m.rss_per_connection_kib
+        );
+    }
+}
+
+/// The command, commit, date and machine of a scenario (markdown bullets).
+pub(crate) fn provenance_lines(s: &mut String, r: &ScenarioResult) {
+    let _ = writeln!(s, "- **Command:** `{}`", r.provenance.command);
+    let _ = writeln!(
+        s,
+        "- **Commit:** `{}`; **date:** {}; **machine:** {} cores, {} GiB",
+        r.provenance.commit,
+        r.provenance.date,
+        r.provenance.machine.cpus,
+        r.provenance.machine.memory_gib
+    );
+}
+
+pub(crate) fn failed_line(s: &mut String, r: &ScenarioResult) {
+    let _ = writeln!(
+        s,
+        "- **Failed:** {}\n",
+        r.error.as_deref().unwrap_or("no result").replace('\n', " ")
+    );
+}
+
+pub(crate) fn processes_line(s: &mut String, r: &ScenarioResult, st: &crate::load::Setup) {
+    let _ = writeln!(
+        s,
+        "- **Processes:** {} natsmud node(s) ({} publishing ticks every 10 s), 1 nats-server ({}), {} load-generator worker process(es) plus the coordinator; client sockets bound to {} loopback source addresses.",
+        r.nodes,
+        r.ticking_nodes,
+        if r.nats_server_version.is_empty() {
+            "version unknown"
+        } else {
+            r.nats_server_version.as_str()
+        },
+        st.worker_processes,
+        st.source_addresses
+    );
+}
+
+pub(crate) fn flags_line(s: &mut String, r: &ScenarioResult) {
+    let _ = writeln!(
+        s,
+        "- **Server flags:** `{}`{}",
+        r.server_flags.join(" "),
+        if r.server_flags_missing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (not available in this build, left out: `{}`)",
+                r.server_flags_missing.join(" ")
+            )
+        }
+    );
+}
+
+pub(crate) fn players_line(s: &mut String, st: &crate::load::Setup) {
+    let _ = writeln!(
+        s,
+        "- **Players:** {} requested, {} registered in {:.1} s, {} connected in {:.1} s{}{}.\n",
+        thousands(u64::from(st.players_requested)),
+        thousands(u64::from(st.registered)),
+        st.registration_secs,
+        thousands(u64::from(st.connected)),
+        st.connect_secs,
+        if st.registration_failures.is_empty() {
+            String::new()
+        } else {
+            format!("; registration failures: {:?}", st.registration_failures)
+        },
+        if st.connect_failures.is_empty() {
+            String::new()
+        } else {
+            format!("; connection failures: {:?}", st.connect_failures)
+        }
+    );
+}
+
+/// Events received, commands sent, and the expected-vs-received table.
+pub(crate) fn deliveries(s: &mut String, r: &ScenarioResult, o: &crate::load::RunOutcome) {
     let a = &o.analysis;
     let by_kind: Vec<String> = a
         .received_per_sec_by_kind
@@ -840,6 +900,11 @@ fn scenario_section(s: &mut String, r: &ScenarioResult) {
     }
     row(s, "**all**", &a.totals());
     s.push('\n');
+}
+
+/// The per-frame checks and the load generator's own delay.
+pub(crate) fn frame_checks(s: &mut String, o: &crate::load::RunOutcome) {
+    let a = &o.analysis;
     let c = &o.counters;
     let errors: Vec<String> = c.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     let closes: Vec<String> = o
@@ -880,6 +945,9 @@ fn scenario_section(s: &mut String, r: &ScenarioResult) {
         ms(c.read_lag_max_us as f64 / 1000.0),
         thousands(c.unstamped_reads)
     );
+}
+
+pub(crate) fn resources_table(s: &mut String, o: &crate::load::RunOutcome) {
     let _ = writeln!(
         s,
         "| resources in the window | processes | RSS start (MiB) | RSS end (MiB) | RSS max (MiB) | CPU (s) | CPU (% of a core) |"
@@ -889,16 +957,6 @@ fn scenario_section(s: &mut String, r: &ScenarioResult) {
     usage_row(s, "nats-server", &o.resources.nats);
     usage_row(s, "load generator", &o.resources.generator);
     s.push('\n');
-    if let Some(m) = &o.idle_memory {
-        let _ = writeln!(
-            s,
-            "**Idle memory:** natsmud RSS (all nodes) {} MiB with the players registered but not connected, {} MiB with {} connected at the end of the window: **{:.1} KiB per connection**.\n",
-            mib(m.server_rss_before_kib),
-            mib(m.server_rss_after_kib),
-            thousands(u64::from(m.connected)),
-            m.rss_per_connection_kib
-        );
-    }
 }
 
 /// How many worker threads the co-located nodes ran, from their flags.
@@ -967,10 +1025,10 @@ ephemeral ports, so client sockets are bound to 127.0.0.2, 127.0.0.3, … before
 \n\
 - `scripts/bench` runs everything above and rewrites this page (`--quick` for a smoke run of a \
 few minutes; `--only active-20000,idle-10000` for some scenarios; `--duration`, `--warmup`, \
-`--idle-duration` for the windows). It takes the open-files limit to its maximum, builds the \
+`--idle-duration`, `--crowd-duration` for the windows). It takes the open-files limit to its maximum, builds the \
 release binaries and installs the pinned nats-server.\n\
 - `natsmud-bench scenario --mode active --players N --nats-server BIN …` runs one scenario from \
-scratch; `natsmud-bench world --players N --out DIR` writes the world; `natsmud-bench run` and \
+scratch (`--mode crowd`, `--mode auth` for the crowded room and the login wave); `natsmud-bench world --players N --out DIR` writes the world; `natsmud-bench run` and \
 `natsmud-bench idle` drive node(s) you started yourself (`--server URL`, `--server-pid`, \
 `--nats-pid`, `--world`, `--database`); `natsmud-bench report` rewrites this page from results \
 files. Each has `--help`.\n",
@@ -1002,7 +1060,10 @@ fn plot_all(results: &[ScenarioResult], dir: &Path) -> Result<Vec<(String, Strin
         .ok_or_else(|| anyhow!("no TTF font found (apt-get install fonts-dejavu-core)"))?;
     plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes)
         .map_err(|_| anyhow!("the font could not be read"))?;
-    let good: Vec<&ScenarioResult> = results.iter().filter(|r| ok(r)).collect();
+    let good: Vec<&ScenarioResult> = results
+        .iter()
+        .filter(|r| ok(r) && r.mode.is_standard())
+        .collect();
     let mut active: Vec<&&ScenarioResult> =
         good.iter().filter(|r| r.mode == Mode::Active).collect();
     active.sort_by_key(|r| r.players);

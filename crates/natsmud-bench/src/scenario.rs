@@ -18,7 +18,8 @@ use crate::world;
 
 /// Flags every benchmark node gets when its `natsmud --help` lists them: cheap password
 /// hashing (registering 100,000 players must not take an hour), every rate limit and
-/// connection cap off (0), quiet logs. The one place to change them.
+/// connection cap off (0), quiet logs. The one place to change them: the login wave
+/// (auth_wave.rs) takes all of them but the hashing cost, which it measures.
 pub const SERVER_FLAGS: &[(&str, &str)] = &[
     ("--password-hash-memory-kib", "8"),
     ("--password-hash-iterations", "1"),
@@ -73,6 +74,10 @@ pub struct ScenarioArgs {
     pub server_args: Vec<String>,
     #[command(flatten)]
     pub load: LoadArgs,
+    #[command(flatten)]
+    pub crowd: crate::crowd::CrowdArgs,
+    #[command(flatten)]
+    pub auth: crate::auth_wave::AuthArgs,
 }
 
 /// One scenario's results file.
@@ -95,6 +100,12 @@ pub struct ScenarioResult {
     pub nats_server_version: String,
     pub load: LoadArgs,
     pub outcome: Option<RunOutcome>,
+    /// The crowded room's own figures (`--mode crowd`).
+    #[serde(default)]
+    pub crowd: Option<crate::crowd_figures::CrowdFigures>,
+    /// The login wave's figures (`--mode auth`), which has no load-generator run.
+    #[serde(default)]
+    pub auth: Option<crate::auth_wave::AuthOutcome>,
 }
 
 impl ScenarioResult {
@@ -114,6 +125,8 @@ impl ScenarioResult {
             nats_server_version: String::new(),
             load: load.clone(),
             outcome: None,
+            crowd: None,
+            auth: None,
         }
     }
 
@@ -133,6 +146,7 @@ fn free_port() -> Result<u16> {
 
 async fn supported_flags(
     natsmud: &Path,
+    wanted: &[(&str, &str)],
     worker_threads: u32,
 ) -> Result<(Vec<String>, Vec<String>)> {
     let help = Command::new(natsmud)
@@ -146,7 +160,7 @@ async fn supported_flags(
     let threads = worker_threads.to_string();
     let runtime = [("--worker-threads", threads.as_str())];
     let runtime: &[(&str, &str)] = if worker_threads > 0 { &runtime } else { &[] };
-    for (flag, value) in SERVER_FLAGS.iter().chain(runtime) {
+    for (flag, value) in wanted.iter().chain(runtime) {
         let listed = text
             .split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[')
             .any(|w| w == *flag);
@@ -215,22 +229,67 @@ async fn start_nats(bin: &Path, dir: &Path, pid_file: &Path) -> Result<(Managed,
     }
 }
 
-/// Runs the scenario, filling `result` as it goes (so a failure still reports how far it
-/// got). Every process started here is stopped before returning.
-pub async fn run(args: &ScenarioArgs, result: &mut ScenarioResult) -> Result<()> {
-    let work = &args.work_dir;
+/// A fresh nats-server and natsmud node(s) sharing it and one data directory. Dropping it
+/// kills them all; [`Stack::stop`] asks them to stop first.
+pub struct Stack {
+    pub nats: Managed,
+    pub nodes: Vec<Managed>,
+    /// Base URLs of the nodes, e.g. `http://127.0.0.1:8080`.
+    pub servers: Vec<String>,
+    pub world_dir: PathBuf,
+    pub data_dir: PathBuf,
+    /// Where every process started for the scenario is noted (see [`Managed::spawn`]).
+    pub pid_file: PathBuf,
+}
+
+impl Stack {
+    pub fn node_pids(&self) -> Vec<u32> {
+        self.nodes.iter().map(|n| n.pid).collect()
+    }
+
+    pub fn target(&self) -> Target {
+        Target {
+            servers: self.servers.clone(),
+            server_pids: self.node_pids(),
+            nats_pid: Some(self.nats.pid),
+            world: self.world_dir.clone(),
+            database: Some(self.data_dir.join("natsmud.db")),
+        }
+    }
+
+    pub async fn stop(self) {
+        for node in self.nodes {
+            node.stop(Duration::from_secs(15)).await;
+        }
+        self.nats.stop(Duration::from_secs(5)).await;
+    }
+}
+
+/// Empties the scenario's directory (nothing of an earlier run may leak into this one).
+pub fn fresh_work_dir(work: &Path) -> Result<()> {
     if work.exists() {
         std::fs::remove_dir_all(work).with_context(|| format!("emptying {}", work.display()))?;
     }
     std::fs::create_dir_all(work.join("logs"))?;
+    Ok(())
+}
+
+/// Writes `world` into the scenario's directory and starts nats-server and
+/// `result.nodes` natsmud node(s) on it with those of `wanted` flags this natsmud has,
+/// noting in `result` the flags and the nats-server version.
+pub async fn start_stack(
+    args: &ScenarioArgs,
+    result: &mut ScenarioResult,
+    world: &world::Generated,
+    wanted: &[(&str, &str)],
+) -> Result<Stack> {
+    let work = &args.work_dir;
     let pid_file = work.join("pids");
     let world_dir = work.join("world");
     let data_dir = work.join("data");
     std::fs::create_dir_all(&data_dir)?;
-
-    let generated = world::generate(args.load.players as usize, args.load.seed);
-    world::validate(&generated)?;
-    generated.write(&world_dir)?;
+    world::validate(world)?;
+    world.write(&world_dir)?;
 
     result.nats_server_version = Command::new(&args.nats_server)
         .arg("--version")
@@ -243,7 +302,7 @@ pub async fn run(args: &ScenarioArgs, result: &mut ScenarioResult) -> Result<()>
     } else {
         0
     });
-    let (flags, missing) = supported_flags(&args.natsmud, worker_threads).await?;
+    let (flags, missing) = supported_flags(&args.natsmud, wanted, worker_threads).await?;
     result.server_flags = flags.clone();
     result.server_flags.extend(args.server_args.iter().cloned());
     result.server_flags_missing = missing;
@@ -298,18 +357,36 @@ pub async fn run(args: &ScenarioArgs, result: &mut ScenarioResult) -> Result<()>
         result.nats_server_version,
         nodes.len()
     );
-    let target = Target {
+    Ok(Stack {
+        nats,
+        nodes,
         servers,
-        server_pids: nodes.iter().map(|n| n.pid).collect(),
-        nats_pid: Some(nats.pid),
-        world: world_dir,
-        database: Some(data_dir.join("natsmud.db")),
-    };
-    let outcome = coordinate(&args.load, args.mode, &target, work, &pid_file).await;
-    for node in nodes {
-        node.stop(Duration::from_secs(15)).await;
+        world_dir,
+        data_dir,
+        pid_file,
+    })
+}
+
+/// Runs the scenario, filling `result` as it goes (so a failure still reports how far it
+/// got). Every process started here is stopped before returning.
+pub async fn run(args: &ScenarioArgs, result: &mut ScenarioResult) -> Result<()> {
+    match args.mode {
+        Mode::Crowd => return crate::crowd::run(args, result).await,
+        Mode::Auth => return crate::auth_wave::run(args, result).await,
+        Mode::Active | Mode::Idle => {}
     }
-    nats.stop(Duration::from_secs(5)).await;
+    fresh_work_dir(&args.work_dir)?;
+    let generated = world::generate(args.load.players as usize, args.load.seed);
+    let stack = start_stack(args, result, &generated, SERVER_FLAGS).await?;
+    let outcome = coordinate(
+        &args.load,
+        args.mode,
+        &stack.target(),
+        &args.work_dir,
+        &stack.pid_file,
+    )
+    .await;
+    stack.stop().await;
     result.outcome = Some(outcome?);
     result.status = "ok".into();
     Ok(())
