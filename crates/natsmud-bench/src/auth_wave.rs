@@ -217,6 +217,9 @@ async fn fire(
     let limit = Duration::from_secs(args.timeout.max(1));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(players as usize)
+        // Under the server's 10 s keep-alive timeout: a pooled connection is never reused
+        // just as the server closes it.
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
         .timeout(limit)
         .build()?;
     let mut wave = Wave {

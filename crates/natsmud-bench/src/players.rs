@@ -95,6 +95,9 @@ pub async fn register_all(
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
+        // Under the server's 10 s keep-alive timeout: a pooled connection is never reused
+        // just as the server closes it.
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
         .timeout(Duration::from_secs(60))
         .build()?;
     let done = Arc::new(AtomicU64::new(0));

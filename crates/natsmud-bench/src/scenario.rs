@@ -24,6 +24,8 @@ pub const SERVER_FLAGS: &[(&str, &str)] = &[
     ("--password-hash-memory-kib", "8"),
     ("--password-hash-iterations", "1"),
     ("--max-connections", "0"),
+    ("--max-connections-per-ip", "0"),
+    ("--connects-per-minute", "0"),
     ("--commands-per-sec", "0"),
     ("--auth-per-minute", "0"),
     ("--log", "warn"),
@@ -176,6 +178,9 @@ async fn supported_flags(
 async fn wait_healthy(node: &mut Managed, url: &str) -> Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
+        // Under the server's 10 s keep-alive timeout: a pooled connection is never reused
+        // just as the server closes it.
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
         .build()?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
