@@ -30,73 +30,47 @@ impl SubjectPrefix {
     }
 }
 
-/// What a receiving node subscribes to. Every event of one room — `events.*` and `chat.*`
-/// subjects alike — comes on that room's one subscription (`*.*.{room}`), because NATS keeps
-/// each publisher's order within a subscription while a client merging two subscriptions
-/// could interleave them (a `say` before a `player_left` could arrive after it). The other
-/// feeds are each one stream of their own. Only the world's own subjects are subscribed, so
-/// other traffic on a shared NATS never reaches (or floods) the node.
+/// What a receiving node subscribes to: the world's two families of subjects, and nothing
+/// else, so other traffic on a shared NATS never reaches (or floods) the node.
+///
+/// A room's events travel in both families (`events.player_left.R`, `chat.say.R`). NATS
+/// keeps one publisher's order within a subscription, and writes every message for one
+/// connection in order, but a client reading two subscriptions can take them in another
+/// order. So every natsmud publisher stamps its messages with [`ORDER_HEADER`], and the
+/// receiving node restores each publisher's order across the two (see natsmud's
+/// `nats_handler`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Feed<'a> {
-    Room(&'a RoomId),
-    SubZones,
-    Whispers,
-    Global,
-    System,
-    Tick,
+pub enum Feed {
+    Events,
+    Chat,
 }
 
-/// A [`Feed`] without its room: what a node needs to know of a message's subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FeedKind {
-    Room,
-    SubZones,
-    Whispers,
-    Global,
-    System,
-    Tick,
-}
+impl Feed {
+    pub const ALL: [Feed; 2] = [Feed::Events, Feed::Chat];
 
-impl Feed<'_> {
     /// The subscription's subject, with the world's prefix.
     pub fn subscription(&self, prefix: &SubjectPrefix) -> String {
-        let stem = match self {
-            Self::Room(room) => return prefixed(prefix, &format!("*.*.{room}")),
-            Self::SubZones => "chat.local.*",
-            Self::Whispers => "chat.whisper.*",
-            Self::Global => "chat.global",
-            Self::System => "chat.system",
-            Self::Tick => "events.game_tick",
-        };
-        prefixed(prefix, stem)
-    }
-
-    pub fn kind(&self) -> FeedKind {
-        match self {
-            Self::Room(_) => FeedKind::Room,
-            Self::SubZones => FeedKind::SubZones,
-            Self::Whispers => FeedKind::Whispers,
-            Self::Global => FeedKind::Global,
-            Self::System => FeedKind::System,
-            Self::Tick => FeedKind::Tick,
-        }
+        prefixed(
+            prefix,
+            match self {
+                Self::Events => "events.>",
+                Self::Chat => "chat.>",
+            },
+        )
     }
 }
 
-impl FeedKind {
-    /// Whether `subject` is delivered from this feed. A room's wildcard also matches a
-    /// `chat.local.X` or `chat.whisper.X` whose id happens to equal the room's; those come
-    /// from their own feed too, so the room feed leaves them to it.
-    pub fn carries(self, subject: &Subject<'_>) -> bool {
-        match self {
-            Self::Room => subject.room().is_some(),
-            Self::SubZones => matches!(subject, Subject::Local(_)),
-            Self::Whispers => matches!(subject, Subject::Whisper(_)),
-            Self::Global => matches!(subject, Subject::Global),
-            Self::System => matches!(subject, Subject::System),
-            Self::Tick => matches!(subject, Subject::GameTick),
-        }
+/// The NATS header natsmud publishers put on every event: `{origin}.{n}`, where `origin`
+/// names the publishing process and `n` counts its publishes in the order they go out.
+pub const ORDER_HEADER: &str = "Natsmud-Order";
+
+/// The `(origin, n)` of an [`ORDER_HEADER`] value.
+pub fn parse_order(value: &str) -> Option<(&str, u64)> {
+    let (origin, n) = value.rsplit_once('.')?;
+    if origin.is_empty() {
+        return None;
     }
+    Some((origin, n.parse().ok()?))
 }
 
 fn prefixed(prefix: &SubjectPrefix, stem: &str) -> String {
@@ -275,31 +249,36 @@ mod tests {
     }
 
     proptest! {
-        /// Each subject reaches a node on exactly one feed that carries it, and only the
-        /// world's own subjects match any feed.
+        /// Each subject reaches a node on exactly one feed, and only the world's own
+        /// subjects match any feed.
         #[test]
         fn every_subject_comes_from_exactly_one_feed(id in "[A-Za-z0-9_-]{1,20}", prefix in "([a-z0-9]{1,8}(\\.[a-z0-9]{1,8}){0,2})?") {
             let prefix = SubjectPrefix::parse(&prefix).unwrap_or_else(|e| panic!("{e}"));
-            let room = RoomId::parse(&id).unwrap_or_else(|e| panic!("{e}"));
-            let feeds = [Feed::Room(&room), Feed::SubZones, Feed::Whispers, Feed::Global, Feed::System, Feed::Tick];
             for subject in all(&id) {
                 let rendered = subject.render(&prefix);
-                let carrying = feeds
+                let carrying = Feed::ALL
                     .iter()
                     .filter(|feed| nats_matches(&feed.subscription(&prefix), &rendered))
-                    .filter(|feed| feed.kind().carries(&subject))
                     .count();
                 prop_assert_eq!(carrying, 1, "{}", rendered);
             }
-            for foreign in ["foo.bar", "other.app.data", "_INBOX.x.y", "events", "chat.say.a.b"] {
+            for foreign in ["foo.bar", "other.app.data", "_INBOX.x.y", "events", "orders.created"] {
                 let foreign = prefixed(&prefix, foreign);
-                let matched = feeds.iter().any(|feed| {
-                    let pattern = feed.subscription(&prefix);
-                    nats_matches(&pattern, &foreign) && !matches!(feed, Feed::Room(_))
-                });
+                let matched = Feed::ALL
+                    .iter()
+                    .any(|feed| nats_matches(&feed.subscription(&prefix), &foreign));
                 prop_assert!(!matched, "{}", foreign);
             }
         }
+    }
+
+    #[test]
+    fn order_stamps_read_back() {
+        assert_eq!(parse_order("node-7.42"), Some(("node-7", 42)));
+        assert_eq!(parse_order("a.b.c.9"), Some(("a.b.c", 9)));
+        assert_eq!(parse_order("nonumber"), None);
+        assert_eq!(parse_order(".5"), None);
+        assert_eq!(parse_order("x.-1"), None);
     }
 
     #[test]

@@ -71,6 +71,11 @@ pub struct Config {
     #[arg(long, env = "NATSMUD_SUBJECT_PREFIX", default_value = "", value_parser = parse_prefix)]
     pub subject_prefix: SubjectPrefix,
 
+    /// This node's id among the nodes serving the world: letters, digits, '_' and '-'.
+    /// Generated at start when unset (and logged).
+    #[arg(long, env = "NATSMUD_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+
     /// Directory for the account database and the generated JWT secret.
     #[arg(long, env = "NATSMUD_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -380,6 +385,16 @@ fn check_value(command: &clap::Command, arg: &clap::Arg, value: &str) -> Result<
                 .trim_start_matches("error: ")
                 .to_owned()
         })
+}
+
+fn parse_node_id(value: &str) -> Result<String, String> {
+    if natsmud_protocol::ids::is_subject_token(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} must be 1–64 letters, digits, '_' or '-'"
+        ))
+    }
 }
 
 fn parse_prefix(value: &str) -> Result<SubjectPrefix, String> {

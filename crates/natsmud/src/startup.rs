@@ -25,6 +25,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct AppInner {
     pub config: Config,
+    /// This node's id (configured, or generated at start).
+    pub node_id: String,
     pub world: Arc<World>,
     pub accounts: Accounts,
     pub room_writer: RoomWriter,
@@ -88,10 +90,15 @@ pub async fn run(
     let client = crate::nats::connect(&config, manager.clone(), fatal.clone())
         .await
         .with_context(|| format!("cannot use NATS URL {}", config.nats_url))?;
+    let node_id = config.node_id.clone().unwrap_or_else(|| {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        format!("node-{}", &id[..12])
+    });
     let publisher = Arc::new(EventPublisher::new(
         client.clone(),
         config.subject_prefix.clone(),
         config.publish_timeout(),
+        node_id.clone(),
     ));
     let metrics_handle = crate::telemetry::metrics_handle();
 
@@ -120,10 +127,12 @@ pub async fn run(
         world = %world.name,
         rooms = world.room_count(),
         nats = %config.nats_url,
+        node = %node_id,
         "natsmud serving"
     );
     let state = AppState(Arc::new(AppInner {
         config,
+        node_id,
         world,
         room_writer: RoomWriter::spawn(accounts.clone()),
         accounts,

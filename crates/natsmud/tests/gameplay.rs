@@ -540,3 +540,51 @@ async fn a_replaced_connection_never_moves_the_player_of_its_successor() {
         alice = successor;
     }
 }
+
+/// A room's events travel on `events.` and `chat.` subjects, which a node reads from two
+/// subscriptions; what one player does must still reach the others in the order done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_players_speech_and_moves_reach_each_room_in_the_order_done() {
+    let app = TestApp::spawn().await;
+    let start = world().start_room.to_string();
+    let (there, next) = some_exit(&start);
+    let back = world()
+        .room(&next)
+        .unwrap()
+        .exits
+        .iter()
+        .find(|(_, target)| target.as_str() == start)
+        .map(|(direction, _)| direction.clone())
+        .expect("the exit leads back");
+    let [mut alice, mut bob, mut carol] = app.join_all(["Alice", "Bob", "Carol"]).await;
+    carol.ask(&format!("go {there}")).await;
+    while alice.next_within(common::QUIET).await.is_some() {}
+    while bob.next_within(common::QUIET).await.is_some() {}
+    while carol.next_within(common::QUIET).await.is_some() {}
+
+    let rounds = 60;
+    for n in 0..rounds {
+        alice.command(&format!("say bye {n}")).await;
+        alice.command(&format!("go {there}")).await;
+        alice.command(&format!("say hi {n}")).await;
+        alice.command(&format!("go {back}")).await;
+    }
+    let mut expected_bob = Vec::new();
+    let mut expected_carol = Vec::new();
+    for n in 0..rounds {
+        expected_bob.push(format!("Alice says: bye {n}"));
+        expected_bob.push("Alice leaves the room.".to_owned());
+        expected_bob.push("Alice enters the room.".to_owned());
+        expected_carol.push("Alice enters the room.".to_owned());
+        expected_carol.push(format!("Alice says: hi {n}"));
+        expected_carol.push("Alice leaves the room.".to_owned());
+    }
+    for (listener, expected) in [(&mut bob, expected_bob), (&mut carol, expected_carol)] {
+        let mut heard = Vec::new();
+        while heard.len() < expected.len() {
+            let frame = listener.next_frame().await;
+            heard.push(frame.data_str("message").to_owned());
+        }
+        assert_eq!(heard, expected, "{} heard Alice out of order", listener.name);
+    }
+}

@@ -212,11 +212,6 @@ impl ConnectionManager {
         self.sub_zones.contains_key(sub_zone)
     }
 
-    /// Every room's id, in index order.
-    pub fn room_ids(&self) -> impl Iterator<Item = &RoomId> {
-        self.rooms.iter().map(|slot| &slot.id)
-    }
-
     /// The lock that `player`'s commands hold while they move the player, shared by all of
     /// its connections. A login takes it before replacing a connection.
     pub fn action_lock(&self, player: &PlayerId) -> Arc<tokio::sync::Mutex<()>> {

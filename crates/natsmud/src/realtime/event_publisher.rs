@@ -1,11 +1,15 @@
 //! Builds subjects with the one subject builder, serialises each envelope once and
 //! publishes it. Never hangs: when NATS is away a publish fails at once, and a publish that
 //! NATS does not take within the configured time fails too; both are logged and counted.
+//!
+//! Every publish carries [`ORDER_HEADER`]: this node's id and a number counting its
+//! publishes in the order they go out, so receivers can keep a room's `events.` and
+//! `chat.` messages in the order this node sent them (see `nats_handler`).
 
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
-use natsmud_protocol::{Envelope, Subject, SubjectPrefix};
+use natsmud_protocol::{Envelope, ORDER_HEADER, Subject, SubjectPrefix};
 use serde::Serialize;
 
 use crate::telemetry;
@@ -25,14 +29,26 @@ pub struct EventPublisher {
     client: async_nats::Client,
     prefix: SubjectPrefix,
     timeout: Duration,
+    /// This node's id, the origin in [`ORDER_HEADER`].
+    origin: String,
+    /// Publishes sent so far. Held while a publish is handed to the client, so that the
+    /// numbers follow the order the messages go out in.
+    sent: tokio::sync::Mutex<u64>,
 }
 
 impl EventPublisher {
-    pub fn new(client: async_nats::Client, prefix: SubjectPrefix, timeout: Duration) -> Self {
+    pub fn new(
+        client: async_nats::Client,
+        prefix: SubjectPrefix,
+        timeout: Duration,
+        origin: String,
+    ) -> Self {
         Self {
             client,
             prefix,
             timeout,
+            origin,
+            sent: tokio::sync::Mutex::new(0),
         }
     }
 
@@ -85,7 +101,18 @@ impl EventPublisher {
         }
         let payload = envelope.to_bytes();
         let subject = subject.render(&self.prefix);
-        match tokio::time::timeout(self.timeout, self.client.publish(subject, payload)).await {
+        // One deadline for waiting for our turn and for the client to take the message:
+        // publishes queued behind a stalled one fail in time too, rather than one by one.
+        let publish = async {
+            let mut sent = self.sent.lock().await;
+            *sent += 1;
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(ORDER_HEADER, format!("{}.{}", self.origin, *sent).as_str());
+            self.client
+                .publish_with_headers(subject, headers, payload)
+                .await
+        };
+        match tokio::time::timeout(self.timeout, publish).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(PublishError::Refused(e.to_string())),
             Err(_) => Err(PublishError::Timeout(self.timeout)),

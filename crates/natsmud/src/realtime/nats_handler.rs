@@ -2,26 +2,33 @@
 //! ConnectionManager with its audience: room members, sub-zone members, everyone, or one
 //! whisper target — never the actor.
 //!
-//! Subscriptions ([`Feed`]): one per room of the world (`*.*.{room}`, so a room's `events.`
-//! and `chat.` subjects share one subscription and keep their publish order), one each for
-//! local chat, whispers, global, system and the tick. Nothing else: other traffic on a
-//! shared NATS is never even received. One task reads them all, so every recipient on this
-//! node sees each stream's events in the same order with the same numbers.
+//! Subscriptions ([`Feed`]): the world's two families, `events.>` and `chat.>` (with the
+//! prefix), and nothing else: other traffic on a shared NATS never even reaches the node.
+//! One task reads both, so every recipient on this node sees each stream's events in the
+//! same order with the same numbers.
+//!
+//! A room's events travel in both families, and a client reading two subscriptions can
+//! take messages in another order than NATS sent them (a `say` then a `player_left` could
+//! come out swapped). NATS sends one connection's messages in order, and async-nats hands
+//! them to the subscriptions one at a time in that order. So the task takes whatever both
+//! subscriptions hold, and again until a pass finds both empty — by then everything sent
+//! before anything it took has been taken too — and then puts each publisher's messages
+//! back in the order of their [`ORDER_HEADER`] numbers ([`restore_publish_order`]).
 //!
 //! Anyone who can publish on NATS can publish here, so every event is checked before it
 //! reaches a socket ([`natsmud_protocol::ingress`]). A refused event is counted by reason
 //! and logged at most once in a while.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::stream::{SelectAll, Stream, StreamExt};
+use futures::FutureExt;
+use futures::stream::StreamExt;
 use natsmud_protocol::envelope::splice_sequence;
 use natsmud_protocol::ingress::{Refusal, Route, check};
-use natsmud_protocol::{Feed, FeedKind, Subject, SubjectPrefix};
+use natsmud_protocol::{Feed, ORDER_HEADER, Subject, SubjectPrefix, parse_order};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::Frame;
@@ -34,7 +41,40 @@ const STARTUP_CONNECT_WAIT: Duration = Duration::from_secs(2);
 /// At most one log line per this long about refused events (with a count of the others).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
-type FeedStream = Pin<Box<dyn Stream<Item = (FeedKind, async_nats::Message)> + Send>>;
+/// Most messages taken in one pass over the subscriptions before they are handled. Far
+/// above any burst seen; it only bounds the work between two checks for shutdown.
+const BATCH_MAX: usize = 16 * 1024;
+
+/// Puts each publisher's messages of `batch` back in the order its [`ORDER_HEADER`] numbers
+/// say, each into the places its messages took, so other publishers' messages keep theirs.
+/// Messages without the header (other publishers than natsmud) stay where they are.
+pub fn restore_publish_order(batch: &mut [async_nats::Message]) {
+    if batch.len() < 2 {
+        return;
+    }
+    let stamp = |message: &async_nats::Message| -> Option<(String, u64)> {
+        let value = message.headers.as_ref()?.get(ORDER_HEADER)?;
+        parse_order(value.as_str()).map(|(origin, n)| (origin.to_owned(), n))
+    };
+    let mut by_origin: HashMap<String, Vec<(usize, u64)>> = HashMap::new();
+    for (at, message) in batch.iter().enumerate() {
+        if let Some((origin, n)) = stamp(message) {
+            by_origin.entry(origin).or_default().push((at, n));
+        }
+    }
+    for places in by_origin.values() {
+        if places.windows(2).all(|pair| pair[0].1 < pair[1].1) {
+            continue;
+        }
+        let mut in_order: Vec<(usize, u64)> = places.clone();
+        in_order.sort_by_key(|&(_, n)| n);
+        let messages: Vec<async_nats::Message> =
+            in_order.iter().map(|&(at, _)| batch[at].clone()).collect();
+        for (&(slot, _), message) in places.iter().zip(messages) {
+            batch[slot] = message;
+        }
+    }
+}
 
 /// Which ticks to deliver: each tick number once, and only ticks near this node's clock, so
 /// that neither two ticking nodes nor a forged tick with a huge number can make players
@@ -149,32 +189,20 @@ impl NatsMessageHandler {
         }
     }
 
-    /// Subscribes to every feed of the world, then signals `ready` once NATS has registered
-    /// the subscriptions (or at once if NATS is not reachable yet: the client subscribes
-    /// when it connects).
+    /// Subscribes to the world's feeds, then signals `ready` once NATS has registered the
+    /// subscriptions (or at once if NATS is not reachable yet: the client subscribes when
+    /// it connects).
     pub async fn run(
         mut self,
         client: async_nats::Client,
         ready: tokio::sync::oneshot::Sender<()>,
         shutdown: CancellationToken,
     ) {
-        let mut feeds: SelectAll<FeedStream> = SelectAll::new();
-        let rooms: Vec<_> = self.manager.room_ids().cloned().collect();
-        let mut wanted: Vec<Feed<'_>> = rooms.iter().map(Feed::Room).collect();
-        wanted.extend([
-            Feed::SubZones,
-            Feed::Whispers,
-            Feed::Global,
-            Feed::System,
-            Feed::Tick,
-        ]);
-        for feed in &wanted {
+        let mut feeds = Vec::with_capacity(Feed::ALL.len());
+        for feed in Feed::ALL {
             let subject = feed.subscription(&self.prefix);
             match client.subscribe(subject.clone()).await {
-                Ok(subscriber) => {
-                    let kind = feed.kind();
-                    feeds.push(Box::pin(subscriber.map(move |message| (kind, message))));
-                }
+                Ok(subscriber) => feeds.push(subscriber),
                 Err(error) => {
                     tracing::error!(%error, %subject, "cannot subscribe to NATS; no events will be delivered");
                     let _ = ready.send(());
@@ -182,6 +210,10 @@ impl NatsMessageHandler {
                 }
             }
         }
+        let [mut events, mut chat] = match <[async_nats::Subscriber; 2]>::try_from(feeds) {
+            Ok(feeds) => feeds,
+            Err(_) => return,
+        };
         // The client connects in the background; give it a moment so that a server whose
         // NATS is up starts healthy, with its subscriptions registered before any player.
         let deadline = tokio::time::Instant::now() + STARTUP_CONNECT_WAIT;
@@ -194,26 +226,45 @@ impl NatsMessageHandler {
             let _ = client.flush().await;
         }
         let _ = ready.send(());
-        tracing::info!(subscriptions = wanted.len(), "listening for events");
+        tracing::info!(prefix = %self.prefix.as_str(), "listening for events");
+        let mut batch: Vec<async_nats::Message> = Vec::new();
         loop {
-            tokio::select! {
+            let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                message = feeds.next() => match message {
-                    Some((kind, message)) => self.handle(kind, message.subject.as_str(), &message.payload),
-                    None => break,
-                },
+                message = events.next() => message,
+                message = chat.next() => message,
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            // Until a pass finds both empty (see the module documentation).
+            loop {
+                let before = batch.len();
+                while batch.len() < BATCH_MAX
+                    && let Some(Some(message)) = events.next().now_or_never()
+                {
+                    batch.push(message);
+                }
+                while batch.len() < BATCH_MAX
+                    && let Some(Some(message)) = chat.next().now_or_never()
+                {
+                    batch.push(message);
+                }
+                if batch.len() == before || batch.len() >= BATCH_MAX {
+                    break;
+                }
+            }
+            restore_publish_order(&mut batch);
+            for message in batch.drain(..) {
+                self.handle(message.subject.as_str(), &message.payload);
             }
         }
     }
 
-    /// Routes one event that arrived on a feed of kind `kind`.
-    pub fn handle(&mut self, kind: FeedKind, subject: &str, payload: &Bytes) {
+    /// Routes one event.
+    pub fn handle(&mut self, subject: &str, payload: &Bytes) {
         let Some(parsed) = Subject::parse(&self.prefix, subject) else {
             return;
         };
-        if !kind.carries(&parsed) {
-            return;
-        }
         metrics::counter!(telemetry::EVENTS_RECEIVED).increment(1);
         let since = Instant::now();
         let delivered = match check(parsed, payload, self.max_event_bytes)
@@ -323,6 +374,60 @@ mod tests {
         assert!(!unknown.accept(6, 1_000_000_000, now));
         assert!(!unknown.accept(7, 2_000_000_000, now));
         assert!(unknown.accept(8, 1_000_010_000, now));
+    }
+
+    fn message(subject: &str, order: Option<&str>) -> async_nats::Message {
+        let headers = order.map(|order| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(ORDER_HEADER, order);
+            headers
+        });
+        async_nats::Message {
+            subject: subject.into(),
+            reply: None,
+            payload: Bytes::new(),
+            headers,
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    #[test]
+    fn each_publishers_order_is_restored_in_its_own_places() {
+        let mut batch = vec![
+            message("chat.say.r", Some("a.2")),
+            message("chat.say.q", Some("b.7")),
+            message("events.x", None),
+            message("events.player_left.r", Some("a.1")),
+            message("events.player_left.q", Some("b.6")),
+            message("chat.say.r", Some("a.3")),
+        ];
+        restore_publish_order(&mut batch);
+        let subjects: Vec<&str> = batch.iter().map(|m| m.subject.as_str()).collect();
+        assert_eq!(
+            subjects,
+            [
+                "events.player_left.r",
+                "events.player_left.q",
+                "events.x",
+                "chat.say.r",
+                "chat.say.q",
+                "chat.say.r"
+            ]
+        );
+        let orders: Vec<Option<String>> = batch
+            .iter()
+            .map(|m| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(ORDER_HEADER))
+                    .map(|v| v.to_string())
+            })
+            .collect();
+        assert_eq!(orders[0].as_deref(), Some("a.1"));
+        assert_eq!(orders[3].as_deref(), Some("a.2"));
+        assert_eq!(orders[5].as_deref(), Some("a.3"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
         Json(json!({
             "status": status,
             "nats": if nats_ok { "connected" } else { "reconnecting" },
+            "node_id": app.node_id,
             "connected_players": app.manager.connected_count(),
             "nats_traffic": nats_traffic(&app.publisher.statistics()),
             "uptime_secs": app.started.elapsed().as_secs(),
