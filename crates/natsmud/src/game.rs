@@ -13,6 +13,7 @@ use natsmud_protocol::{
 };
 
 use crate::realtime::PublishError;
+use crate::realtime::connection::{Gate, OpenOnDrop};
 use crate::realtime::connection_manager::{Arrival, ConnectionHandle};
 use crate::startup::AppState;
 use crate::world::Room;
@@ -208,11 +209,14 @@ impl Session<'_> {
 
     /// Moves the player, all or nothing as far as anyone can tell: either the reply is an
     /// `error` and nothing changed (the player is where it was, nothing was published,
-    /// nothing stored), or the reply is `room_update` and the move stands. The steps that
-    /// can fail come first — storing the new room, then telling the old room — and each
-    /// undoes what came before it. From then on the move stands: the `room_update` is
-    /// queued as the player enters the new room (see `ConnectionManager::move_to`), and if
-    /// the new room cannot be told, the player is told so after it.
+    /// nothing stored), or the reply is `room_update` and the move stands. The one step
+    /// that can fail for a reason a retry would fix — telling the old room, which needs
+    /// NATS — comes first; from then on the move stands: the player enters the new room
+    /// (its `room_update` queued as it does, see `ConnectionManager::move_to`), the new
+    /// room is told, and the room is stored. The `room_update` is written to the mover only
+    /// once the room is stored, so an answered move survives a crash, but nobody else waits
+    /// for the database. Should storing or telling the new room fail, the mover is told so
+    /// after the `room_update`.
     async fn go(&self, direction: Direction) -> Result<(), ProtocolError> {
         // A login of the same player waits for this to finish before it takes over, so a
         // replaced connection can never move its successor.
@@ -234,14 +238,6 @@ impl Session<'_> {
         let Some(permit) = self.conn.reserve().await else {
             return Err(not_connected());
         };
-        // Stored before anyone hears of it, so an answered move survives a crash.
-        if let Err(error) = self.app.room_writer.store(self.me(), &to.id).await {
-            tracing::error!(%error, "could not store the player's room; the move is refused");
-            return Err(ProtocolError::new(
-                ErrorCode::Internal,
-                "Your move could not be saved, so you stay where you are. Try again.",
-            ));
-        }
         let name = self.my_name();
         let left = presence(
             EventType::PlayerLeft,
@@ -250,40 +246,57 @@ impl Session<'_> {
             &from.id,
             format!("{name} leaves the room."),
         );
-        if let Err(error) = self
-            .app
+        self.app
             .publisher
             .publish(Subject::player_left(&from.id), &left)
             .await
-        {
-            // Nobody heard of it: put the stored room back, and the move never happened.
-            if let Err(error) = self.app.room_writer.store(self.me(), &from.id).await {
-                tracing::error!(%error, "could not store the player's room back after a refused move");
-            }
-            return Err(bus_error(&error));
+            .map_err(|error| bus_error(&error))?;
+
+        let stored_gate = Gate::default();
+        let opener = OpenOnDrop(stored_gate.clone());
+        let store = async {
+            let stored = self.app.room_writer.store(self.me(), &to.id).await;
+            drop(opener);
+            stored
+        };
+        let arrive = async {
+            self.app
+                .manager
+                .move_to(
+                    self.conn,
+                    &to.id,
+                    permit,
+                    Some(stored_gate.clone()),
+                    |arrival| {
+                        room_update(to, arrival)
+                            .with_sequence(self.conn.next_direct_sequence())
+                            .to_bytes()
+                    },
+                )
+                .map_err(|_| not_connected())?;
+            let entered = presence(
+                EventType::PlayerEntered,
+                self.me(),
+                name,
+                &to.id,
+                format!("{name} enters the room."),
+            );
+            Ok::<_, ProtocolError>(
+                self.app
+                    .publisher
+                    .publish(Subject::player_entered(&to.id), &entered)
+                    .await,
+            )
+        };
+        let (stored, entered) = tokio::join!(store, arrive);
+        if let Err(error) = &stored {
+            tracing::error!(%error, "could not store the player's room after a move");
+            self.respond(
+                "Your move stands, but your new room could not be saved: after a server restart you may find yourself where you were.",
+            )
+            .await;
         }
-        self.app
-            .manager
-            .move_to(self.conn, &to.id, permit, |arrival| {
-                room_update(to, arrival)
-                    .with_sequence(self.conn.next_direct_sequence())
-                    .to_bytes()
-            })
-            .map_err(|_| not_connected())?;
-        let entered = presence(
-            EventType::PlayerEntered,
-            self.me(),
-            name,
-            &to.id,
-            format!("{name} enters the room."),
-        );
-        if let Err(error) = self
-            .app
-            .publisher
-            .publish(Subject::player_entered(&to.id), &entered)
-            .await
-        {
-            // The move stands (the old room saw the player go); say what is missing.
+        if let Err(error) = entered? {
             self.respond(format!(
                 "You arrive, but nobody here noticed: the world could not hear you ({error})."
             ))

@@ -585,6 +585,10 @@ async fn a_players_speech_and_moves_reach_each_room_in_the_order_done() {
             let frame = listener.next_frame().await;
             heard.push(frame.data_str("message").to_owned());
         }
-        assert_eq!(heard, expected, "{} heard Alice out of order", listener.name);
+        assert_eq!(
+            heard, expected,
+            "{} heard Alice out of order",
+            listener.name
+        );
     }
 }

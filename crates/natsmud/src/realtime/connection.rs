@@ -20,6 +20,62 @@ pub type Frame = Utf8Bytes;
 pub struct Queued {
     pub frame: Frame,
     pub since: Instant,
+    /// When set, the frame (and so every frame after it) is not written before the gate
+    /// opens: a mover's `room_update` waits for the move to be stored, while the events
+    /// others see of the move do not.
+    pub gate: Option<Gate>,
+}
+
+impl Queued {
+    pub fn new(frame: Frame) -> Self {
+        Self {
+            frame,
+            since: Instant::now(),
+            gate: None,
+        }
+    }
+}
+
+/// Opens once; frames behind it wait until then (see [`Queued::gate`]).
+#[derive(Debug, Clone, Default)]
+pub struct Gate(Arc<GateState>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    open: std::sync::atomic::AtomicBool,
+    opened: tokio::sync::Notify,
+}
+
+impl Gate {
+    pub fn open(&self) {
+        self.0.open.store(true, Ordering::Release);
+        self.0.opened.notify_waiters();
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.0.open.load(Ordering::Acquire)
+    }
+
+    pub async fn opened(&self) {
+        loop {
+            let opened = self.0.opened.notified();
+            if self.is_open() {
+                return;
+            }
+            opened.await;
+        }
+    }
+}
+
+/// Opens `gate` when dropped, so a frame held behind it is never held for good, whatever
+/// happens to the work it waits for.
+#[derive(Debug)]
+pub struct OpenOnDrop(pub Gate);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
 }
 
 /// How long a reply waits for room in its connection's queue before the connection is
@@ -200,6 +256,7 @@ impl Member {
         let queued = Queued {
             frame: frame.clone(),
             since,
+            gate: None,
         };
         match self.tx.try_send(queued) {
             Ok(()) => true,
@@ -269,11 +326,7 @@ impl ConnectionHandle {
         let bytes = envelope
             .with_sequence(self.next_direct_sequence())
             .to_bytes();
-        let frame = Frame::try_from(bytes).ok()?;
-        Some(Queued {
-            frame,
-            since: Instant::now(),
-        })
+        Frame::try_from(bytes).ok().map(Queued::new)
     }
 
     /// Sends a direct reply (never through NATS) numbered by this connection's own counter.
@@ -309,5 +362,28 @@ impl ConnectionHandle {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_gate_holds_until_it_opens_and_dropping_its_opener_opens_it() {
+        let gate = Gate::default();
+        let waiting = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.opened().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(OpenOnDrop(gate.clone()));
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(gate.is_open());
+        gate.opened().await;
     }
 }

@@ -318,10 +318,7 @@ impl ConnectionManager {
                 && let Ok(frame) = Frame::try_from(greeting)
             {
                 // The queue is new and empty: this cannot be full.
-                let _ = member.tx.try_send(Queued {
-                    frame,
-                    since: Instant::now(),
-                });
+                let _ = member.tx.try_send(Queued::new(frame));
             }
             member.room.store(index, Ordering::Release);
             state.members.push(member.clone());
@@ -400,13 +397,15 @@ impl ConnectionManager {
     /// Moves this connection's player to `to`. Under the two rooms' locks: out of the old
     /// room, `update` (the mover's `room_update`) queued with `permit`, into the new room —
     /// so the mover's next frame of the new room is the one numbered after
-    /// `Arrival::sequence`. Returns the room left. Fails when this connection is no
-    /// longer the player's (replaced or closed).
+    /// `Arrival::sequence`. The `room_update` is written only once `gate` opens. Returns
+    /// the room left. Fails when this connection is no longer the player's (replaced or
+    /// closed).
     pub fn move_to(
         &self,
         handle: &ConnectionHandle,
         to: &RoomId,
         permit: mpsc::Permit<'_, Queued>,
+        gate: Option<super::connection::Gate>,
         update: impl FnOnce(Arrival<'_>) -> bytes::Bytes,
     ) -> Result<RoomId, ManagerError> {
         let member = &handle.member;
@@ -452,8 +451,8 @@ impl ConnectionManager {
             });
             if let Ok(frame) = Frame::try_from(bytes) {
                 permit.send(Queued {
-                    frame,
-                    since: Instant::now(),
+                    gate,
+                    ..Queued::new(frame)
                 });
             }
             member.room.store(to_index, Ordering::Release);
@@ -671,7 +670,7 @@ mod tests {
             .tx
             .try_reserve()
             .unwrap_or_else(|e| panic!("{e}"));
-        manager.move_to(&who.handle, to, permit, |view| {
+        manager.move_to(&who.handle, to, permit, None, |view| {
             bytes::Bytes::from(format!("{{\"room_sequence\":{}}}", view.sequence))
         })
     }

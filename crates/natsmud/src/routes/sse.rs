@@ -106,6 +106,10 @@ fn event_stream(
                     if reason.drain
                         && let Ok(queued) = outbound.try_recv()
                     {
+                        // Bounded: the gate opens when the move's storing ends, either way.
+                        if let Some(gate) = &queued.gate {
+                            gate.opened().await;
+                        }
                         return Some((
                             Ok(frame_event(queued)),
                             (outbound, guard, StreamState::Closing),
@@ -122,9 +126,16 @@ fn event_stream(
                             let event = Event::default().comment("closing");
                             Some((Ok(event), (outbound, guard, StreamState::Closing)))
                         }
-                        queued = outbound.recv() => queued.map(|queued| {
-                            (Ok(frame_event(queued)), (outbound, guard, StreamState::Open))
-                        }),
+                        queued = outbound.recv() => match queued {
+                            Some(queued) => {
+                                // A mover's `room_update` waits for its room to be stored.
+                                if let Some(gate) = &queued.gate {
+                                    gate.opened().await;
+                                }
+                                Some((Ok(frame_event(queued)), (outbound, guard, StreamState::Open)))
+                            }
+                            None => None,
+                        },
                     }
                 }
             }

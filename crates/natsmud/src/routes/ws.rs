@@ -282,7 +282,8 @@ fn close_message(reason: CloseReason) -> Message {
 const WRITE_BATCH: usize = 64;
 
 /// Writes `first` and whatever else is already queued (up to [`WRITE_BATCH`]), then
-/// flushes once.
+/// flushes once. A frame behind a closed gate waits for it, after what came before it is
+/// flushed.
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
     outbound: &mut mpsc::Receiver<Queued>,
@@ -291,7 +292,15 @@ async fn write_batch(
 ) -> Result<(), axum::Error> {
     let mut next = Some(first);
     let mut written = 0;
-    while let Some(Queued { frame, since }) = next.take() {
+    while let Some(Queued { frame, since, gate }) = next.take() {
+        if let Some(gate) = gate
+            && !gate.is_open()
+        {
+            if written > 0 {
+                sink.flush().await?;
+            }
+            gate.opened().await;
+        }
         sink.feed(Message::Text(frame)).await?;
         delivery_seconds.record(since.elapsed().as_secs_f64());
         written += 1;
@@ -408,13 +417,21 @@ async fn write_loop(writer: Writer) {
                 tokio::select! {
                     biased;
                     queued = outbound.recv() => match queued {
-                        Some(queued) => sink.send(Message::Text(queued.frame)).await?,
+                        Some(queued) => {
+                            if let Some(gate) = &queued.gate {
+                                gate.opened().await;
+                            }
+                            sink.send(Message::Text(queued.frame)).await?
+                        }
                         None => break,
                     },
                     _ = reader_done.cancelled() => break,
                 }
             }
             while let Ok(queued) = outbound.try_recv() {
+                if let Some(gate) = &queued.gate {
+                    gate.opened().await;
+                }
                 sink.feed(Message::Text(queued.frame)).await?;
             }
         }
