@@ -554,8 +554,8 @@ fn render(
             "- **Processes:** the open-files limit ({}) is a hard limit here and cannot be raised \
              (no CAP_SYS_RESOURCE), so one process holds at most about 19,900 sockets. Scenarios \
              above {} players per process therefore run several natsmud nodes sharing one \
-             nats-server and one data directory (only node 1 publishes the game tick; the others \
-             run with `--tick-interval-ms 0`; every event reaches every node through NATS{}), \
+             nats-server and one data directory (one of them, the holder of the tick lease, \
+             publishes the game tick; every event reaches every node through NATS{}), \
              and several load-generator processes. Each scenario says how many.\n",
             m.open_files_limit.map_or("unknown".into(), thousands),
             thousands(u64::from(r.load.per_process)),

@@ -94,7 +94,7 @@ pub struct ScenarioResult {
     pub error: Option<String>,
     pub provenance: Provenance,
     pub nodes: usize,
-    /// Nodes publishing the game tick (one; the others run with --tick-interval-ms 0).
+    /// Nodes publishing the game tick (one: the holder of the tick lease).
     pub ticking_nodes: usize,
     pub server_flags: Vec<String>,
     /// Flags of [`SERVER_FLAGS`] this natsmud does not have (left out).
@@ -335,7 +335,8 @@ pub async fn start_stack(
             .args(["--jwt-secret", &secret])
             .arg("--world")
             .arg(&world_dir)
-            .args(["--tick-interval-ms", if k == 0 { "10000" } else { "0" }])
+            // Every node knows the world's tick; the one holding the tick lease publishes it.
+            .args(["--tick-interval-ms", "10000"])
             .args(&flags)
             .args(&args.server_args);
         let log = work.join("logs").join(format!("natsmud-{}.log", k + 1));

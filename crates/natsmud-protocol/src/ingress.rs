@@ -105,6 +105,8 @@ pub enum Route {
     Room {
         room: String,
         actor: String,
+        /// For presence events: who arrived or left, and how.
+        presence: Option<(EventType, crate::ids::PlayerName)>,
     },
     SubZone {
         sub_zone: String,
@@ -130,6 +132,11 @@ pub enum Route {
 pub fn check(subject: Subject<'_>, payload: &[u8], max_bytes: usize) -> Result<Route, Refusal> {
     if payload.len() > max_bytes {
         return Err(Refusal::TooLarge);
+    }
+    // The JSON parser does not look inside the values of fields it skips: bytes that are
+    // not UTF-8 there would pass it and then fail to make a frame.
+    if std::str::from_utf8(payload).is_err() {
+        return Err(Refusal::Malformed);
     }
     let incoming: Incoming<'_> = serde_json::from_slice(payload).map_err(|_| Refusal::Malformed)?;
     if parse_timestamp(&incoming.timestamp).is_none() {
@@ -162,9 +169,12 @@ pub fn check(subject: Subject<'_>, payload: &[u8], max_bytes: usize) -> Result<R
             let data: PresenceData = incoming.data()?;
             incoming.room_is(Some(room))?;
             incoming.actor_is(&data.player_id)?;
+            let name =
+                crate::ids::PlayerName::parse(&data.player_name).map_err(|_| Refusal::Malformed)?;
             Ok(Route::Room {
                 room: room.to_owned(),
                 actor: data.player_id.to_string(),
+                presence: Some((incoming.event_type, name)),
             })
         }
         Subject::Say(room) | Subject::Emote(room) | Subject::Pose(room) => {
@@ -179,6 +189,7 @@ pub fn check(subject: Subject<'_>, payload: &[u8], max_bytes: usize) -> Result<R
             Ok(Route::Room {
                 room: room.to_owned(),
                 actor: data.sender_id.to_string(),
+                presence: None,
             })
         }
         Subject::Local(sub_zone) => {
@@ -313,6 +324,13 @@ mod tests {
         assert_eq!(
             refusal(Subject::Say("r1"), value.to_string().as_bytes()),
             Some(Refusal::Numbered)
+        );
+        let mut not_utf8 = say("r1", "p1").to_bytes().to_vec();
+        let at = not_utf8.len() - 1;
+        not_utf8.splice(at..at, *b",\"junk\":\"\xff\"");
+        assert_eq!(
+            refusal(Subject::Say("r1"), &not_utf8),
+            Some(Refusal::Malformed)
         );
         for data in [
             serde_json::Value::Null,

@@ -30,33 +30,19 @@ impl SubjectPrefix {
     }
 }
 
-/// What a receiving node subscribes to: the world's two families of subjects, and nothing
-/// else, so other traffic on a shared NATS never reaches (or floods) the node.
-///
-/// A room's events travel in both families (`events.player_left.R`, `chat.say.R`). NATS
-/// keeps one publisher's order within a subscription, and writes every message for one
-/// connection in order, but a client reading two subscriptions can take them in another
-/// order. So every natsmud publisher stamps its messages with [`ORDER_HEADER`], and the
-/// receiving node restores each publisher's order across the two (see natsmud's
-/// `nats_handler`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Feed {
-    Events,
-    Chat,
-}
-
-impl Feed {
-    pub const ALL: [Feed; 2] = [Feed::Events, Feed::Chat];
-
-    /// The subscription's subject, with the world's prefix.
-    pub fn subscription(&self, prefix: &SubjectPrefix) -> String {
-        prefixed(
-            prefix,
-            match self {
-                Self::Events => "events.>",
-                Self::Chat => "chat.>",
-            },
-        )
+/// What a receiving node subscribes to: its world's subjects and nothing else, so other
+/// traffic on a shared NATS never reaches (or floods) the node. With a prefix that is one
+/// subscription, `{prefix}.>`, which keeps the order NATS sends everything in. Without one
+/// the world's subjects are two families, `events.>` and `chat.>` — and a room's events
+/// travel in both. NATS writes one connection's messages in order, but a client reading two
+/// subscriptions can take them in another order; so every natsmud publisher stamps its
+/// messages with [`ORDER_HEADER`], and the receiving node puts each publisher's messages
+/// back in order across the two (see natsmud's `nats_handler`).
+pub fn subscriptions(prefix: &SubjectPrefix) -> Vec<String> {
+    if prefix.0.is_empty() {
+        vec!["events.>".to_owned(), "chat.>".to_owned()]
+    } else {
+        vec![format!("{}.>", prefix.0)]
     }
 }
 
@@ -71,14 +57,6 @@ pub fn parse_order(value: &str) -> Option<(&str, u64)> {
         return None;
     }
     Some((origin, n.parse().ok()?))
-}
-
-fn prefixed(prefix: &SubjectPrefix, stem: &str) -> String {
-    if prefix.0.is_empty() {
-        stem.to_owned()
-    } else {
-        format!("{}.{stem}", prefix.0)
-    }
 }
 
 /// Every subject natsmud publishes to. Ids are borrowed `&str` so that a subscriber can
@@ -254,19 +232,17 @@ mod tests {
         #[test]
         fn every_subject_comes_from_exactly_one_feed(id in "[A-Za-z0-9_-]{1,20}", prefix in "([a-z0-9]{1,8}(\\.[a-z0-9]{1,8}){0,2})?") {
             let prefix = SubjectPrefix::parse(&prefix).unwrap_or_else(|e| panic!("{e}"));
+            let feeds = subscriptions(&prefix);
             for subject in all(&id) {
                 let rendered = subject.render(&prefix);
-                let carrying = Feed::ALL
+                let carrying = feeds
                     .iter()
-                    .filter(|feed| nats_matches(&feed.subscription(&prefix), &rendered))
+                    .filter(|feed| nats_matches(feed, &rendered))
                     .count();
                 prop_assert_eq!(carrying, 1, "{}", rendered);
             }
             for foreign in ["foo.bar", "other.app.data", "_INBOX.x.y", "events", "orders.created"] {
-                let foreign = prefixed(&prefix, foreign);
-                let matched = Feed::ALL
-                    .iter()
-                    .any(|feed| nats_matches(&feed.subscription(&prefix), &foreign));
+                let matched = feeds.iter().any(|feed| nats_matches(feed, foreign));
                 prop_assert!(!matched, "{}", foreign);
             }
         }

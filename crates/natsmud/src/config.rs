@@ -27,6 +27,11 @@ pub struct Config {
     #[arg(long, env = "NATSMUD_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
 
+    /// Address serving only `/health` and `/metrics`, outside the socket caps, for an
+    /// orchestrator or monitor: it still answers when the main address is full. Unset: none.
+    #[arg(long, env = "NATSMUD_ADMIN_BIND")]
+    pub admin_bind: Option<SocketAddr>,
+
     /// NATS server URL(s), comma-separated.
     #[arg(
         long,
@@ -75,6 +80,21 @@ pub struct Config {
     /// Generated at start when unset (and logged).
     #[arg(long, env = "NATSMUD_NODE_ID", value_parser = parse_node_id)]
     pub node_id: Option<String>,
+
+    /// Seconds a node's heartbeat lives in NATS without renewal (renewed three times as
+    /// often); players of a node silent that long are written off by the others.
+    #[arg(long, env = "NATSMUD_NODE_TTL_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub node_ttl_secs: u64,
+
+    /// Seconds of the tick leader's lease: when the ticking node dies another node takes
+    /// the tick over within this long.
+    #[arg(long, env = "NATSMUD_TICK_LEASE_SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub tick_lease_secs: u64,
+
+    /// Replicas of natsmud's JetStream data (presence) in a NATS cluster. 0: 3 when the
+    /// NATS server is part of a cluster, else 1.
+    #[arg(long, env = "NATSMUD_NATS_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=5))]
+    pub nats_replicas: u32,
 
     /// Directory for the account database and the generated JWT secret.
     #[arg(long, env = "NATSMUD_DATA_DIR", default_value = "data")]

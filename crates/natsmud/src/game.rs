@@ -1,6 +1,9 @@
 //! Game logic: runs one player's commands. Anything other players see is published through
 //! the EventPublisher; only the actor's own replies (command_response, room_update, error)
 //! go straight to the actor's socket.
+//!
+//! It takes the parts of the server it uses ([`Game`]), not the whole application state:
+//! the world, this node's connections, the world's roster, the event bus and the store.
 
 use natsmud_protocol::command::HELP_TEXT;
 use natsmud_protocol::envelope::{
@@ -12,11 +15,24 @@ use natsmud_protocol::{
     ProtocolError, RoomId, Subject,
 };
 
-use crate::realtime::PublishError;
+use crate::db::RoomWriter;
+use crate::presence::{Presence, PresenceError};
 use crate::realtime::connection::{Gate, OpenOnDrop};
-use crate::realtime::connection_manager::{Arrival, ConnectionHandle};
-use crate::startup::AppState;
-use crate::world::Room;
+use crate::realtime::connection_manager::ConnectionHandle;
+use crate::realtime::{CloseReason, ConnectionManager, EventPublisher, PublishError};
+use crate::world::{Room, World};
+
+/// What the game logic uses of the server.
+#[derive(Clone, Copy)]
+pub struct Game<'a> {
+    pub world: &'a World,
+    /// This node's connections: where its players are, and their sockets.
+    pub manager: &'a ConnectionManager,
+    /// The world's roster: who is online anywhere, and where.
+    pub presence: &'a Presence,
+    pub publisher: &'a EventPublisher,
+    pub rooms: &'a RoomWriter,
+}
 
 /// What the connection does after a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +43,7 @@ pub enum Flow {
 
 /// One player's session: the commands of one connection, run in order.
 pub struct Session<'a> {
-    pub app: &'a AppState,
+    pub game: Game<'a>,
     pub conn: &'a ConnectionHandle,
 }
 
@@ -64,23 +80,24 @@ impl Session<'_> {
     }
 
     fn current_room(&self) -> Result<&Room, ProtocolError> {
-        self.app
+        self.game
             .manager
             .room_of(self.conn)
-            .and_then(|id| self.app.world.room(id.as_str()))
+            .and_then(|id| self.game.world.room(id.as_str()))
             .ok_or_else(not_connected)
     }
 
     fn require_event_bus(&self) -> Result<(), ProtocolError> {
-        if self.app.publisher.is_connected() {
+        if self.game.publisher.is_connected() {
             Ok(())
         } else {
             Err(bus_error(&PublishError::Unavailable))
         }
     }
 
-    /// Tells the room the player arrived in the game (login) or left it (disconnect).
-    pub async fn announce_presence(&self, room: &RoomId, entered: bool) {
+    /// Tells the room the player arrived in the game (login) or left it (disconnect);
+    /// `revision`: of the presence write it announces, when there was one.
+    pub async fn announce_presence(&self, room: &RoomId, entered: bool, revision: Option<u64>) {
         let name = self.my_name();
         let (event_type, subject, message) = if entered {
             (
@@ -95,9 +112,17 @@ impl Session<'_> {
                 format!("{name} has left the game."),
             )
         };
-        let envelope = presence(event_type, self.me(), name, room, message);
+        let envelope = presence_envelope(event_type, self.me(), name, room, message);
         // A failure is logged and counted by the publisher; the login or logout stands.
-        let _ = self.app.publisher.publish(subject, &envelope).await;
+        let _ = match revision {
+            Some(revision) => {
+                self.game
+                    .publisher
+                    .publish_presence(subject, &envelope, revision)
+                    .await
+            }
+            None => self.game.publisher.publish(subject, &envelope).await,
+        };
     }
 
     /// Runs one client message from either transport.
@@ -148,8 +173,9 @@ impl Session<'_> {
             }
             Command::Whisper { target, message } => {
                 let (target_id, target_name) = self
-                    .app
-                    .manager
+                    .game
+                    .presence
+                    .roster()
                     .find_by_name(&target)
                     .ok_or_else(|| player_not_found(&target))?;
                 self.whisper(target_id, target_name, &message).await?;
@@ -158,9 +184,15 @@ impl Session<'_> {
                 let target_id = self.conn.last_whisper_from().ok_or_else(|| {
                     ProtocolError::new(ErrorCode::NoReplyTarget, "Nobody has whispered to you yet.")
                 })?;
-                let target_name = self.app.manager.name_of(&target_id).ok_or_else(|| {
-                    ProtocolError::new(ErrorCode::PlayerNotFound, "They are no longer online.")
-                })?;
+                let target_name = self
+                    .game
+                    .presence
+                    .roster()
+                    .get(&target_id)
+                    .map(|seen| seen.name)
+                    .ok_or_else(|| {
+                        ProtocolError::new(ErrorCode::PlayerNotFound, "They are no longer online.")
+                    })?;
                 self.whisper(target_id, target_name, &message).await?;
             }
             Command::Local(text) => {
@@ -169,7 +201,7 @@ impl Session<'_> {
                 let mut envelope =
                     self.chat_envelope("local", format!("{} says (local): {text}", self.my_name()));
                 envelope.data.sub_zone = Some(room.sub_zone.clone());
-                self.app
+                self.game
                     .publisher
                     .publish(Subject::local(&room.sub_zone), &envelope)
                     .await
@@ -182,7 +214,7 @@ impl Session<'_> {
                     "global",
                     format!("{} says (global): {text}", self.my_name()),
                 );
-                self.app
+                self.game
                     .publisher
                     .publish(Subject::Global, &envelope)
                     .await
@@ -190,7 +222,7 @@ impl Session<'_> {
                 self.respond(format!("You say (global): {text}")).await;
             }
             Command::Who => {
-                let names = self.app.manager.who();
+                let names = self.game.presence.roster().names();
                 self.respond(format!(
                     "Players online ({}): {}",
                     names.len(),
@@ -230,7 +262,7 @@ impl Session<'_> {
             )
         })?;
         let to =
-            self.app.world.room(to_id.as_str()).ok_or_else(|| {
+            self.game.world.room(to_id.as_str()).ok_or_else(|| {
                 ProtocolError::new(ErrorCode::Internal, "That way leads nowhere.")
             })?;
         self.require_event_bus()?;
@@ -239,54 +271,112 @@ impl Session<'_> {
             return Err(not_connected());
         };
         let name = self.my_name();
-        let left = presence(
+        // The world's roster first (it names the holder of the player, so a connection that
+        // was taken over elsewhere finds out here and moves nowhere).
+        let held = self.conn.presence_revision();
+        let revision = if held == 0 {
+            None
+        } else {
+            match self
+                .game
+                .presence
+                .moved(self.me(), name, &to.id, self.conn.connection, held)
+                .await
+            {
+                Ok(revision) => Some(revision),
+                Err(PresenceError::Taken) => {
+                    self.conn.kick.close(CloseReason::REPLACED);
+                    return Err(not_connected());
+                }
+                Err(error) => return Err(presence_error(&error)),
+            }
+        };
+        let left = presence_envelope(
             EventType::PlayerLeft,
             self.me(),
             name,
             &from.id,
             format!("{name} leaves the room."),
         );
-        self.app
-            .publisher
-            .publish(Subject::player_left(&from.id), &left)
-            .await
-            .map_err(|error| bus_error(&error))?;
+        let published = match revision {
+            Some(revision) => {
+                self.game
+                    .publisher
+                    .publish_presence(Subject::player_left(&from.id), &left, revision)
+                    .await
+            }
+            None => {
+                self.game
+                    .publisher
+                    .publish(Subject::player_left(&from.id), &left)
+                    .await
+            }
+        };
+        if let Err(error) = published {
+            // Nobody heard of it: put the roster back, and the move never happened.
+            if let Some(revision) = revision {
+                match self
+                    .game
+                    .presence
+                    .moved(self.me(), name, &from.id, self.conn.connection, revision)
+                    .await
+                {
+                    Ok(back) => self.conn.set_presence_revision(back),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not put the player's presence back after a refused move");
+                        self.conn.set_presence_revision(revision);
+                    }
+                }
+            }
+            return Err(bus_error(&error));
+        }
+        if let Some(revision) = revision {
+            self.conn.set_presence_revision(revision);
+        }
 
+        // The move stands now. In the new room at once (the `room_update` queued behind a
+        // gate that opens when the room is stored), then the new room is told and the room
+        // stored side by side.
         let stored_gate = Gate::default();
         let opener = OpenOnDrop(stored_gate.clone());
+        self.game
+            .manager
+            .move_to(
+                self.conn,
+                &to.id,
+                permit,
+                Some(stored_gate.clone()),
+                |arrival| {
+                    let occupants = occupants_with(self.game.presence, &to.id, name);
+                    room_update(to, occupants, arrival.sequence)
+                        .with_sequence(self.conn.next_direct_sequence())
+                        .to_bytes()
+                },
+            )
+            .map_err(|_| not_connected())?;
         let store = async {
-            let stored = self.app.room_writer.store(self.me(), &to.id).await;
+            let stored = self.game.rooms.store(self.me(), &to.id).await;
             drop(opener);
             stored
         };
+        let entered = presence_envelope(
+            EventType::PlayerEntered,
+            self.me(),
+            name,
+            &to.id,
+            format!("{name} enters the room."),
+        );
         let arrive = async {
-            self.app
-                .manager
-                .move_to(
-                    self.conn,
-                    &to.id,
-                    permit,
-                    Some(stored_gate.clone()),
-                    |arrival| {
-                        room_update(to, arrival)
-                            .with_sequence(self.conn.next_direct_sequence())
-                            .to_bytes()
-                    },
-                )
-                .map_err(|_| not_connected())?;
-            let entered = presence(
-                EventType::PlayerEntered,
-                self.me(),
-                name,
-                &to.id,
-                format!("{name} enters the room."),
-            );
-            Ok::<_, ProtocolError>(
-                self.app
-                    .publisher
-                    .publish(Subject::player_entered(&to.id), &entered)
-                    .await,
-            )
+            let subject = Subject::player_entered(&to.id);
+            match revision {
+                Some(revision) => {
+                    self.game
+                        .publisher
+                        .publish_presence(subject, &entered, revision)
+                        .await
+                }
+                None => self.game.publisher.publish(subject, &entered).await,
+            }
         };
         let (stored, entered) = tokio::join!(store, arrive);
         if let Err(error) = &stored {
@@ -296,7 +386,7 @@ impl Session<'_> {
             )
             .await;
         }
-        if let Err(error) = entered? {
+        if let Err(error) = entered {
             self.respond(format!(
                 "You arrive, but nobody here noticed: the world could not hear you ({error})."
             ))
@@ -315,7 +405,7 @@ impl Session<'_> {
             _ => Subject::pose(&room.id),
         };
         let envelope = self.chat_envelope(channel, line).in_room(room.id.clone());
-        self.app
+        self.game
             .publisher
             .publish(subject, &envelope)
             .await
@@ -339,7 +429,7 @@ impl Session<'_> {
         );
         envelope.data.target_id = Some(target_id.clone());
         envelope.data.target_name = Some(target_name.to_string());
-        self.app
+        self.game
             .publisher
             .publish(Subject::whisper(&target_id), &envelope)
             .await
@@ -367,7 +457,7 @@ impl Session<'_> {
     }
 
     fn occupants(&self, room: &RoomId) -> Vec<String> {
-        self.app.manager.occupants(room)
+        self.game.presence.roster().occupants(room.as_str())
     }
 }
 
@@ -377,7 +467,8 @@ pub fn game_state(
     player: &PlayerId,
     name: &PlayerName,
     room: &Room,
-    arrival: Arrival<'_>,
+    occupants: Vec<String>,
+    room_sequence: u64,
 ) -> bytes::Bytes {
     Envelope::new(
         EventType::GameState,
@@ -387,9 +478,9 @@ pub fn game_state(
                 name: name.to_string(),
             },
             room: room.view(),
-            occupant_count: arrival.occupants.len(),
-            occupants: arrival.occupants,
-            room_sequence: arrival.sequence,
+            occupant_count: occupants.len(),
+            occupants,
+            room_sequence,
         },
     )
     .in_room(room.id.clone())
@@ -399,20 +490,41 @@ pub fn game_state(
 }
 
 /// The mover's `room_update`, unnumbered.
-fn room_update(room: &Room, arrival: Arrival<'_>) -> Envelope<RoomUpdateData> {
+/// Who is in `room` as the world's roster says, `me` among them (the roster may not have
+/// heard of an arrival yet when presence is unavailable), sorted.
+pub fn occupants_with(presence: &Presence, room: &RoomId, me: &PlayerName) -> Vec<String> {
+    let mut occupants = presence.roster().occupants(room.as_str());
+    let mine = me.to_string();
+    if !occupants
+        .iter()
+        .any(|name| name.eq_ignore_ascii_case(&mine))
+    {
+        occupants.push(mine);
+        occupants.sort_unstable_by_key(|name| name.to_ascii_lowercase());
+    }
+    occupants
+}
+
+fn room_update(
+    room: &Room,
+    occupants: Vec<String>,
+    room_sequence: u64,
+) -> Envelope<RoomUpdateData> {
     Envelope::new(
         EventType::RoomUpdate,
         RoomUpdateData {
             room: room.view(),
-            occupant_count: arrival.occupants.len(),
-            occupants: arrival.occupants,
-            room_sequence: arrival.sequence,
+            occupant_count: occupants.len(),
+            occupants,
+            room_sequence,
         },
     )
     .in_room(room.id.clone())
 }
 
-fn presence(
+/// A presence event (`player_entered`, `player_left`, `player_entered_game`,
+/// `player_left_game`) about `player` in `room`.
+pub(crate) fn presence_envelope(
     event_type: EventType,
     player: &PlayerId,
     name: &PlayerName,
@@ -435,6 +547,13 @@ fn bus_error(error: &PublishError) -> ProtocolError {
     ProtocolError::new(
         ErrorCode::EventBusUnavailable,
         format!("The world cannot hear you right now ({error}); try again in a moment."),
+    )
+}
+
+fn presence_error(error: &PresenceError) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::EventBusUnavailable,
+        format!("The world cannot follow you right now ({error}); try again in a moment."),
     )
 }
 

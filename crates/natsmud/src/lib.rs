@@ -20,8 +20,10 @@
 //! - [`services`]: the game tick.
 //! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`game`]: what each command does. Other players only ever learn of it through NATS.
-//! - [`realtime`]: the event path: publisher, NATS handler and connection manager (the one
-//!   place that knows who is connected and in which room).
+//! - [`realtime`]: the event path: publisher, NATS handler and connection manager (this
+//!   node's connections: sockets, queues, which room each is in, fan-out).
+//! - [`presence`]: the world's roster (who is online on any node, and where) in a NATS KV
+//!   bucket, read through a local model; node heartbeats and the tick leader's lease.
 
 pub mod auth;
 pub mod config;
@@ -31,6 +33,7 @@ pub mod game;
 pub mod limits;
 pub mod nats;
 pub mod net;
+pub mod presence;
 pub mod realtime;
 pub mod routes;
 pub mod services;

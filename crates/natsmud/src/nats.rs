@@ -1,7 +1,7 @@
 //! Connecting to NATS: reconnect forever, never give up; close the local connections when
 //! this node may have missed events; refuse a NATS server too old for natsmud.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -12,10 +12,10 @@ use crate::config::Config;
 use crate::realtime::{CloseReason, ConnectionManager};
 use crate::telemetry;
 
-/// The oldest nats-server natsmud runs against. Several filter subjects on one JetStream
-/// consumer (replaying a player's view after a reconnect) need 2.10; async-nats's KV calls
-/// fail against 2.9 (see DESIGN.md §5).
-pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
+/// The oldest nats-server natsmud runs against: presence keeps node heartbeats and the
+/// tick lease as KV keys with a per-key TTL, which needs 2.11; async-nats's KV calls fail
+/// against 2.9 (see DESIGN.md §5).
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 11);
 
 /// How long after a reconnect the server's INFO is read again (the client stores it just
 /// after it reports the connection).
@@ -53,6 +53,7 @@ pub async fn connect(
     config: &Config,
     manager: Arc<ConnectionManager>,
     fatal: Arc<Fatal>,
+    reconnected: Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<async_nats::Client> {
     let urls: Vec<&str> = config
         .nats_url
@@ -60,7 +61,13 @@ pub async fn connect(
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .collect();
-    let was_connected = Arc::new(AtomicBool::new(false));
+    let gaps = Arc::new(Gaps {
+        manager,
+        reconnected,
+        handled_connects: AtomicU64::new(0),
+        last_slow_consumer: std::sync::Mutex::new(None),
+    });
+    let callback_gaps = gaps.clone();
     let client_cell: Arc<OnceLock<async_nats::Client>> = Arc::new(OnceLock::new());
     let mut options = match &config.nats_creds {
         Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
@@ -92,32 +99,20 @@ pub async fn connect(
             Duration::from_millis((50u64 << attempts.min(5)).min(1000))
         })
         .event_callback(move |event| {
-            let was_connected = was_connected.clone();
-            let manager = manager.clone();
+            let gaps = callback_gaps.clone();
             let client = callback_client.clone();
             let fatal = fatal.clone();
             async move {
                 match event {
                     async_nats::Event::Connected => {
                         metrics::gauge!(telemetry::NATS_CONNECTED).set(1.0);
-                        let reconnected = was_connected.swap(true, Ordering::AcqRel);
-                        if reconnected {
-                            metrics::counter!(telemetry::NATS_RECONNECTS).increment(1);
-                        }
-                        // Players connected while this node had no NATS (a drop, or a
-                        // start without it) missed whatever other nodes published meanwhile.
-                        if reconnected || manager.connected_count() > 0 {
-                            tracing::warn!(
-                                "NATS connected after a gap; closing this node's connections: events may have been missed"
-                            );
-                            manager.kick_all(CloseReason::EVENTS_LOST);
-                        } else {
-                            tracing::info!("NATS connected");
+                        if let Some(client) = client.get() {
+                            gaps.check(client);
                         }
                         tokio::spawn(async move {
                             tokio::time::sleep(VERSION_CHECK_DELAY).await;
                             if let Some(client) = client.get()
-                                && let Err(problem) = check_version(&client.server_info().version)
+                                && let Err(problem) = check_server(&client.server_info())
                             {
                                 fatal.raise(problem);
                             }
@@ -127,14 +122,7 @@ pub async fn connect(
                         metrics::gauge!(telemetry::NATS_CONNECTED).set(0.0);
                         tracing::warn!("NATS disconnected; reconnecting");
                     }
-                    async_nats::Event::SlowConsumer(sid) => {
-                        metrics::counter!(telemetry::NATS_SLOW_CONSUMER).increment(1);
-                        tracing::error!(
-                            sid,
-                            "NATS slow consumer: this node dropped events; closing its connections"
-                        );
-                        manager.kick_all(CloseReason::EVENTS_LOST);
-                    }
+                    async_nats::Event::SlowConsumer(sid) => gaps.slow_consumer(sid),
                     other => tracing::info!(event = %other, "NATS event"),
                 }
             }
@@ -142,12 +130,112 @@ pub async fn connect(
         .connect(urls.as_slice())
         .await?;
     let _ = client_cell.set(client.clone());
+    // Events can be dropped (async-nats's event queue is bounded, and a flood of slow-consumer
+    // events can fill it), so the connection counter is also checked now and then: a
+    // reconnect is never missed.
+    let watched = client.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(GAP_CHECK_EVERY);
+        loop {
+            every.tick().await;
+            gaps.check(&watched);
+            if Arc::strong_count(&gaps) == 1 {
+                return;
+            }
+        }
+    });
     Ok(client)
+}
+
+/// How often the connection counter is read as a check that no reconnect went unseen.
+const GAP_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// Closing a node's connections at most this often for NATS slow-consumer notices (async-nats
+/// reports one per dropped message).
+const SLOW_CONSUMER_CLOSE_EVERY: Duration = Duration::from_secs(1);
+
+/// Notices gaps in what this node received from NATS and closes its connections with
+/// `events_lost` when there was one.
+struct Gaps {
+    manager: Arc<ConnectionManager>,
+    reconnected: Arc<tokio::sync::Notify>,
+    /// The client's connection count last acted on.
+    handled_connects: AtomicU64,
+    last_slow_consumer: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Gaps {
+    /// Acts once on each new connection to NATS (whichever of the event and the periodic
+    /// check sees it first).
+    fn check(&self, client: &async_nats::Client) {
+        if client.connection_state() != async_nats::connection::State::Connected {
+            return;
+        }
+        let connects = client.statistics().connects.load(Ordering::Acquire);
+        let handled = self.handled_connects.swap(connects, Ordering::AcqRel);
+        if connects <= handled {
+            return;
+        }
+        let again = handled > 0;
+        if again {
+            metrics::counter!(telemetry::NATS_RECONNECTS).increment(1);
+            // The server may have lost natsmud's JetStream state.
+            self.reconnected.notify_one();
+        }
+        // Players connected while this node had no NATS (a drop, or a start without it)
+        // missed whatever other nodes published meanwhile.
+        if again || self.manager.connected_count() > 0 {
+            tracing::warn!(
+                "NATS connected after a gap; closing this node's connections: events may have been missed"
+            );
+            self.manager.kick_all(CloseReason::EVENTS_LOST);
+        } else {
+            tracing::info!("NATS connected");
+        }
+    }
+
+    fn slow_consumer(&self, sid: u64) {
+        metrics::counter!(telemetry::NATS_SLOW_CONSUMER).increment(1);
+        let now = std::time::Instant::now();
+        let mut last = self
+            .last_slow_consumer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| now.duration_since(at) < SLOW_CONSUMER_CLOSE_EVERY) {
+            return;
+        }
+        *last = Some(now);
+        drop(last);
+        tracing::error!(
+            sid,
+            "NATS slow consumer: this node dropped events; closing its connections"
+        );
+        self.manager.kick_all(CloseReason::EVENTS_LOST);
+    }
+}
+
+/// `Err` with a message for the operator when the server is too old or runs without
+/// JetStream.
+pub fn check_server(info: &async_nats::ServerInfo) -> Result<(), String> {
+    check_version(&info.version)?;
+    if !info.jetstream {
+        return Err(format!(
+            "the NATS server (version {}) runs without JetStream, which natsmud needs for \
+             presence; start it with -js (scripts/run does)",
+            info.version
+        ));
+    }
+    Ok(())
 }
 
 /// `Err` with a message for the operator when `version` is older than
 /// [`MIN_SERVER_VERSION`].
 pub fn check_version(version: &str) -> Result<(), String> {
+    // A server that does not say (a proxy, say) is given the benefit of the doubt; what it
+    // cannot do fails later with its own message.
+    if version.trim().is_empty() {
+        return Ok(());
+    }
     let mut parts = version
         .trim_start_matches('v')
         .split(['.', '-'])
@@ -159,7 +247,7 @@ pub fn check_version(version: &str) -> Result<(), String> {
     let (major, minor) = MIN_SERVER_VERSION;
     Err(format!(
         "the NATS server is version {version}, older than {major}.{minor}, which natsmud needs \
-         (JetStream consumers with several filter subjects, and KV). Use a newer nats-server: \
+         (JetStream KV with per-key TTLs). Use a newer nats-server: \
          scripts/install-nats-server installs the pinned one"
     ))
 }
@@ -171,13 +259,17 @@ mod tests {
     #[test]
     fn refuses_servers_older_than_the_minimum() {
         assert!(check_version("2.15.1").is_ok());
-        assert!(check_version("v2.10.0").is_ok());
+        assert!(check_version("v2.11.0").is_ok());
+        assert!(check_version("2.10.26").is_err());
         assert!(check_version("3.0.0-beta").is_ok());
         let refusal = check_version("2.9.10").err().unwrap_or_default();
         assert!(
-            refusal.contains("2.9.10") && refusal.contains("2.10"),
+            refusal.contains("2.9.10") && refusal.contains("2.11"),
             "{refusal}"
         );
-        assert!(check_version("").is_err());
+        assert!(
+            check_version("").is_ok(),
+            "an unknown version is not refused"
+        );
     }
 }

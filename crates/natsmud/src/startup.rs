@@ -15,10 +15,14 @@ use crate::config::{Config, Secret};
 use crate::db::{Accounts, RoomWriter};
 use crate::limits::{AuthLimiter, PlayerLimits};
 use crate::nats::Fatal;
+use crate::presence::Presence;
 use crate::realtime::nats_handler::NatsMessageHandler;
 use crate::realtime::{CloseReason, ConnectionManager, EventPublisher};
 use crate::services::game_tick::GameTickService;
 use crate::world::World;
+
+/// Largest event accepted from NATS is the client frame limit, but never less than this.
+const MIN_EVENT_BYTES: usize = 8 * 1024;
 
 /// How long shutdown waits for connections to say goodbye.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,6 +37,8 @@ pub struct AppInner {
     pub passwords: Passwords,
     pub tokens: Tokens,
     pub manager: Arc<ConnectionManager>,
+    /// The world's roster and this node's part in it.
+    pub presence: Presence,
     pub publisher: Arc<EventPublisher>,
     pub auth_limiter: AuthLimiter,
     pub player_limits: PlayerLimits,
@@ -49,6 +55,19 @@ impl Deref for AppState {
     type Target = AppInner;
     fn deref(&self) -> &AppInner {
         &self.0
+    }
+}
+
+impl AppState {
+    /// The parts of the server the game logic uses.
+    pub fn game(&self) -> crate::game::Game<'_> {
+        crate::game::Game {
+            world: &self.world,
+            manager: &self.manager,
+            presence: &self.presence,
+            publisher: &self.publisher,
+            rooms: &self.room_writer,
+        }
     }
 }
 
@@ -87,18 +106,30 @@ pub async fn run(
         config.outbound_queue as usize,
     ));
     let fatal = Arc::new(Fatal::default());
-    let client = crate::nats::connect(&config, manager.clone(), fatal.clone())
+    let reconnected = Arc::new(tokio::sync::Notify::new());
+    let client = crate::nats::connect(&config, manager.clone(), fatal.clone(), reconnected.clone())
         .await
         .with_context(|| format!("cannot use NATS URL {}", config.nats_url))?;
     let node_id = config.node_id.clone().unwrap_or_else(|| {
         let id = uuid::Uuid::new_v4().simple().to_string();
         format!("node-{}", &id[..12])
     });
+    // This run of the node: a node restarted with the same id is another run (its order
+    // stamps start again at 1; its old players are written off as a dead run's).
+    let incarnation = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let presence = Presence::new(
+        client.clone(),
+        crate::presence::Settings::from_config(&config),
+        node_id.clone(),
+        incarnation.clone(),
+        manager.clone(),
+        reconnected,
+    );
     let publisher = Arc::new(EventPublisher::new(
         client.clone(),
         config.subject_prefix.clone(),
         config.publish_timeout(),
-        node_id.clone(),
+        format!("{node_id}-{incarnation}"),
     ));
     let metrics_handle = crate::telemetry::metrics_handle();
 
@@ -107,19 +138,39 @@ pub async fn run(
     let handler = NatsMessageHandler::new(
         config.subject_prefix.clone(),
         manager.clone(),
-        config.max_frame_bytes as usize,
+        presence.clone(),
+        // natsmud's own events reach ~2.3 KiB (a 500-character say in 4-byte characters),
+        // whatever the client frame limit is set to.
+        (config.max_frame_bytes as usize).max(MIN_EVENT_BYTES),
         config.tick_interval(),
     );
-    let handler_task = tokio::spawn(handler.run(client.clone(), ready_tx, stop_handler.clone()));
+    let handler_task = tokio::spawn(handler.run(
+        client.clone(),
+        ready_tx,
+        stop_handler.clone(),
+        fatal.clone(),
+    ));
     // Accept players only once the subscriptions are live, so no early event is missed.
     let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
     if client.connection_state() == async_nats::connection::State::Connected {
-        let version = client.server_info().version;
-        tracing::info!(%version, "NATS server");
-        if let Err(problem) = crate::nats::check_version(&version) {
+        let info = client.server_info();
+        tracing::info!(version = %info.version, cluster = ?info.cluster, "NATS server");
+        if let Err(problem) = crate::nats::check_server(&info) {
             stop_handler.cancel();
             return Err(anyhow::anyhow!(problem));
         }
+    }
+    let stop_presence = CancellationToken::new();
+    let presence_task = tokio::spawn(
+        presence
+            .clone()
+            .run(publisher.clone(), stop_presence.clone()),
+    );
+    // Players are let in once the roster knows who is online (when NATS is up).
+    if client.connection_state() == async_nats::connection::State::Connected
+        && !presence.ready(Duration::from_secs(5)).await
+    {
+        tracing::warn!("presence is not ready yet; serving anyway");
     }
 
     tracing::info!(
@@ -139,6 +190,7 @@ pub async fn run(
         passwords,
         tokens,
         manager: manager.clone(),
+        presence: presence.clone(),
         publisher: publisher.clone(),
         auth_limiter,
         player_limits,
@@ -151,7 +203,7 @@ pub async fn run(
         let service = GameTickService {
             interval,
             publisher: publisher.clone(),
-            manager: manager.clone(),
+            presence: presence.clone(),
         };
         tokio::spawn(service.run(stop_services.clone()))
     });
@@ -168,6 +220,19 @@ pub async fn run(
         stop_http.clone(),
     );
     let server_task = tokio::spawn(server);
+    if let Some(address) = state.config.admin_bind {
+        let admin = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (admin_bind)"))?;
+        tracing::info!(address = %admin.local_addr()?, "serving /health and /metrics");
+        let router = crate::routes::admin_router(state.clone());
+        let stop = stop_http.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(admin, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+    }
     let failure = tokio::select! {
         () = shutdown => None,
         problem = fatal.raised() => {
@@ -194,6 +259,10 @@ pub async fn run(
             "some connections did not close in time"
         );
     }
+    // Every disconnect has given its presence back; now this node's heartbeat and the tick
+    // lease go too, so the others need not wait for them to expire.
+    stop_presence.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), presence_task).await;
     // Every disconnect has published its `player_left_game`; push them out before going.
     state.publisher.flush().await;
     stop_handler.cancel();

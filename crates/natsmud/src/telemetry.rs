@@ -11,6 +11,9 @@
 //!   its frame being written to one recipient's socket.
 //! - `slow_consumer_disconnects_total`, `ticks_total`, `ticks_failed_total`.
 //! - `nats_connected` (gauge, 0/1), `nats_reconnects_total`, `nats_slow_consumer_total`.
+//! - `presence_lost_total`: times this node's heartbeat expired and its players were
+//!   closed; `presence_written_off_total`: players of dead nodes whose departure this node
+//!   announced; `tick_leader` (gauge, 0/1): whether this node holds the tick lease.
 //! - `nats_in_messages_total`, `nats_out_messages_total`, `nats_in_bytes_total`,
 //!   `nats_out_bytes_total`: the NATS client's own traffic counts (what this node receives
 //!   from NATS is what its subscriptions cost).
@@ -40,6 +43,9 @@ pub const TICKS_FAILED: &str = "natsmud_ticks_failed_total";
 pub const NATS_CONNECTED: &str = "natsmud_nats_connected";
 pub const NATS_RECONNECTS: &str = "natsmud_nats_reconnects_total";
 pub const NATS_SLOW_CONSUMER: &str = "natsmud_nats_slow_consumer_total";
+pub const PRESENCE_LOST: &str = "natsmud_presence_lost_total";
+pub const PRESENCE_WRITTEN_OFF: &str = "natsmud_presence_written_off_total";
+pub const TICK_LEADER: &str = "natsmud_tick_leader";
 pub const NATS_IN_MESSAGES: &str = "natsmud_nats_in_messages_total";
 pub const NATS_OUT_MESSAGES: &str = "natsmud_nats_out_messages_total";
 pub const NATS_IN_BYTES: &str = "natsmud_nats_in_bytes_total";
@@ -106,6 +112,15 @@ fn describe() {
     describe_counter!(TICKS_FAILED, "Game ticks that could not be published");
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS");
     describe_counter!(NATS_RECONNECTS, "Reconnections to NATS after a disconnect");
+    describe_counter!(
+        PRESENCE_LOST,
+        "Times this node's heartbeat expired and its players were closed"
+    );
+    describe_counter!(
+        PRESENCE_WRITTEN_OFF,
+        "Players of dead nodes whose departure this node announced"
+    );
+    describe_gauge!(TICK_LEADER, "1 while this node holds the tick lease");
     describe_counter!(NATS_IN_MESSAGES, "Messages this node received from NATS");
     describe_counter!(NATS_OUT_MESSAGES, "Messages this node sent to NATS");
     describe_counter!(NATS_IN_BYTES, "Bytes this node received from NATS");

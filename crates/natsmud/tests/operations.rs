@@ -198,7 +198,7 @@ fn old_nats_server() -> Option<std::path::PathBuf> {
 #[test]
 fn a_nats_server_too_old_for_natsmud_is_refused_at_start() {
     let Some(old) = old_nats_server() else {
-        println!("skipped: no nats-server older than 2.10 here (scripts/test extracts Debian's)");
+        println!("skipped: no nats-server older than 2.11 here (scripts/test extracts Debian's)");
         return;
     };
     let nats = NatsServer::start_binary(&old, None);
@@ -232,5 +232,5 @@ fn a_nats_server_too_old_for_natsmud_is_refused_at_start() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(!status.success());
-    assert!(stderr.contains("older than 2.10"), "{stderr}");
+    assert!(stderr.contains("older than 2.11"), "{stderr}");
 }

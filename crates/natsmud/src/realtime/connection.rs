@@ -243,6 +243,9 @@ pub(crate) struct Member {
     pub(crate) last_whisper_from: Mutex<Option<PlayerId>>,
     /// The whisper stream's numbering, for this connection.
     pub(crate) whispers: AtomicU64,
+    /// The revision of the player's presence entry this connection holds (0: none, when
+    /// presence was unavailable as it connected).
+    pub(crate) presence: AtomicU64,
     /// Held while one of the player's commands changes where the player is, and by a login
     /// of the same player while it takes over: a command of a replaced connection can
     /// never act on its successor. Shared by all of a player's connections.
@@ -319,6 +322,15 @@ impl ConnectionHandle {
     /// The lock a command holds while it changes where the player is.
     pub fn actions(&self) -> Arc<tokio::sync::Mutex<()>> {
         self.member.actions.clone()
+    }
+
+    /// The revision of the presence entry this connection holds (0: none).
+    pub fn presence_revision(&self) -> u64 {
+        self.member.presence.load(Ordering::Acquire)
+    }
+
+    pub fn set_presence_revision(&self, revision: u64) {
+        self.member.presence.store(revision, Ordering::Release);
     }
 
     /// Serialises a direct reply with the next number of this connection's direct stream.

@@ -64,6 +64,13 @@ pub enum ManagerError {
     UnknownRoom,
 }
 
+/// Who a connection is: its id, and the revision of the presence entry it holds (0: none).
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    pub connection: u64,
+    pub presence: u64,
+}
+
 /// What a greeting or a `room_update` is made from, read under the room's lock.
 #[derive(Debug)]
 pub struct Arrival<'a> {
@@ -229,6 +236,11 @@ impl ConnectionManager {
         lock
     }
 
+    /// An id for a connection about to register (its presence entry names it first).
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Registers a connection for `player` in `room`. A second connection of the same
     /// player replaces the first (closed with 4001) and keeps its room.
     ///
@@ -238,6 +250,7 @@ impl ConnectionManager {
     ///
     /// `max_players` (0: no limit) bounds the players connected here; a connection that
     /// replaces one of the same player is always let in.
+    #[allow(clippy::too_many_arguments)]
     pub fn connect(
         &self,
         player: PlayerId,
@@ -245,6 +258,7 @@ impl ConnectionManager {
         room: &RoomId,
         transport: Transport,
         max_players: usize,
+        identity: Identity,
         greeting: impl FnOnce(Arrival<'_>) -> bytes::Bytes,
     ) -> Result<Connected, ManagerError> {
         let wanted = self
@@ -252,7 +266,7 @@ impl ConnectionManager {
             .ok_or(ManagerError::UnknownRoom)?;
         let (tx, outbound) = mpsc::channel(self.queue_capacity);
         let (command_tx, commands) = mpsc::channel(COMMAND_QUEUE);
-        let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let connection = identity.connection;
 
         let mut shard = self.shard(player.as_str());
         if !shard.accepting {
@@ -287,6 +301,7 @@ impl ConnectionManager {
             room: std::sync::atomic::AtomicUsize::new(NO_ROOM),
             last_whisper_from: std::sync::Mutex::new(None),
             whispers: AtomicU64::new(0),
+            presence: AtomicU64::new(identity.presence),
             actions,
         });
         let index = match &old {
@@ -570,7 +585,8 @@ impl ConnectionManager {
     }
 
     /// Numbers a whisper in its target's whisper stream and queues it, remembering the
-    /// sender for `reply`. `None` when the target is not connected here.
+    /// sender for `reply`: how many got it (0: the target is not connected here). `None`
+    /// when no frame can be made of `payload` (no number is taken then).
     pub fn deliver_whisper(
         &self,
         target: &str,
@@ -578,13 +594,49 @@ impl ConnectionManager {
         payload: &[u8],
         since: Instant,
     ) -> Option<usize> {
-        let member = self.shard(target).by_id.get(target).cloned()?;
-        let sequence = member.whispers.fetch_add(1, Ordering::AcqRel) + 1;
-        let frame = Frame::try_from(splice_sequence(payload, sequence)?).ok()?;
+        let Some(member) = self.shard(target).by_id.get(target).cloned() else {
+            return Some(0);
+        };
+        // Only the NATS handler's one task numbers whispers.
+        let sequence = member.whispers.load(Ordering::Acquire) + 1;
+        let frame =
+            splice_sequence(payload, sequence).and_then(|bytes| Frame::try_from(bytes).ok())?;
+        member.whispers.store(sequence, Ordering::Release);
         if let Some(sender) = sender {
             member.remember_whisper_from(sender);
         }
         Some(usize::from(member.offer(&frame, since)))
+    }
+
+    /// Closes the player's connection here if the presence entry at `revision` is newer
+    /// than the one it holds and is not its own (`own_connection`: the connection the entry
+    /// names, when it is this node's).
+    pub fn kick_if_presence_older(
+        &self,
+        player: &PlayerId,
+        revision: u64,
+        own_connection: Option<u64>,
+        reason: CloseReason,
+    ) {
+        let Some(member) = self.shard(player.as_str()).by_id.get(player).cloned() else {
+            return;
+        };
+        if own_connection == Some(member.connection) {
+            return;
+        }
+        let held = member.presence.load(Ordering::Acquire);
+        if held != 0 && held < revision {
+            member.kick.close(reason);
+        }
+    }
+
+    /// Whether a connection here holds the player's presence entry at `revision` (or a
+    /// newer one).
+    pub fn holds_presence(&self, player: &PlayerId, revision: u64) -> bool {
+        self.shard(player.as_str())
+            .by_id
+            .get(player)
+            .is_some_and(|member| member.presence.load(Ordering::Acquire) >= revision)
     }
 
     /// Closes every open connection with `reason`, still accepting new ones.
@@ -646,6 +698,13 @@ mod tests {
         (ConnectionManager::new(&world, queue), start, next)
     }
 
+    fn identity(manager: &ConnectionManager) -> Identity {
+        Identity {
+            connection: manager.next_connection_id(),
+            presence: 0,
+        }
+    }
+
     fn join(manager: &ConnectionManager, who: &str, at: &RoomId) -> Connected {
         manager
             .connect(
@@ -654,6 +713,7 @@ mod tests {
                 at,
                 Transport::WebSocket,
                 0,
+                identity(manager),
                 |view| bytes::Bytes::from(format!("{{\"room_sequence\":{}}}", view.sequence)),
             )
             .unwrap_or_else(|e| panic!("{e}"))
@@ -803,9 +863,15 @@ mod tests {
     fn the_player_limit_holds_but_lets_a_replacement_in() {
         let (manager, r, _) = setup(4);
         let connect = |who: &str| {
-            manager.connect(id(who), name(who), &r, Transport::WebSocket, 2, |_| {
-                bytes::Bytes::new()
-            })
+            manager.connect(
+                id(who),
+                name(who),
+                &r,
+                Transport::WebSocket,
+                2,
+                identity(&manager),
+                |_| bytes::Bytes::new(),
+            )
         };
         assert!(connect("Alice").is_ok());
         assert!(connect("Bob").is_ok());

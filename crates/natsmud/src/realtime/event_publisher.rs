@@ -65,13 +65,14 @@ impl EventPublisher {
         &self.prefix
     }
 
-    pub async fn publish<D: Serialize>(
+    async fn publish_with<D: Serialize>(
         &self,
         subject: Subject<'_>,
         envelope: &Envelope<D>,
+        presence: Option<u64>,
     ) -> Result<(), PublishError> {
         let started = Instant::now();
-        let result = self.try_publish(subject, envelope).await;
+        let result = self.try_publish(subject, envelope, presence).await;
         let event_type = envelope.event_type.as_str();
         match &result {
             Ok(()) => {
@@ -89,10 +90,30 @@ impl EventPublisher {
         result
     }
 
+    /// Publishes a presence event with the revision of the presence write it announces
+    /// (see `presence`), so receiving nodes can apply it to their rosters in order.
+    pub async fn publish_presence<D: Serialize>(
+        &self,
+        subject: Subject<'_>,
+        envelope: &Envelope<D>,
+        revision: u64,
+    ) -> Result<(), PublishError> {
+        self.publish_with(subject, envelope, Some(revision)).await
+    }
+
+    pub async fn publish<D: Serialize>(
+        &self,
+        subject: Subject<'_>,
+        envelope: &Envelope<D>,
+    ) -> Result<(), PublishError> {
+        self.publish_with(subject, envelope, None).await
+    }
+
     async fn try_publish<D: Serialize>(
         &self,
         subject: Subject<'_>,
         envelope: &Envelope<D>,
+        presence: Option<u64>,
     ) -> Result<(), PublishError> {
         // async-nats buffers publishes while disconnected and sends them after a
         // reconnect, minutes later. A game event that late is wrong, so refuse up front.
@@ -108,6 +129,12 @@ impl EventPublisher {
             *sent += 1;
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(ORDER_HEADER, format!("{}.{}", self.origin, *sent).as_str());
+            if let Some(revision) = presence {
+                headers.insert(
+                    crate::presence::PRESENCE_HEADER,
+                    revision.to_string().as_str(),
+                );
+            }
             self.client
                 .publish_with_headers(subject, headers, payload)
                 .await

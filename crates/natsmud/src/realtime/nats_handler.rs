@@ -2,18 +2,19 @@
 //! ConnectionManager with its audience: room members, sub-zone members, everyone, or one
 //! whisper target — never the actor.
 //!
-//! Subscriptions ([`Feed`]): the world's two families, `events.>` and `chat.>` (with the
-//! prefix), and nothing else: other traffic on a shared NATS never even reaches the node.
-//! One task reads both, so every recipient on this node sees each stream's events in the
-//! same order with the same numbers.
+//! Subscriptions ([`subscriptions`]): the world's own subjects and nothing else — one
+//! subscription (`{prefix}.>`) with a prefix, the two families `events.>` and `chat.>`
+//! without — so other traffic on a shared NATS never even reaches the node. One task
+//! reads them, so every recipient on this node sees each stream's events in the same order
+//! with the same numbers.
 //!
 //! A room's events travel in both families, and a client reading two subscriptions can
 //! take messages in another order than NATS sent them (a `say` then a `player_left` could
 //! come out swapped). NATS sends one connection's messages in order, and async-nats hands
-//! them to the subscriptions one at a time in that order. So the task takes whatever both
-//! subscriptions hold, and again until a pass finds both empty — by then everything sent
-//! before anything it took has been taken too — and then puts each publisher's messages
-//! back in the order of their [`ORDER_HEADER`] numbers ([`restore_publish_order`]).
+//! them to the subscriptions one at a time in that order. So the task takes whatever the
+//! subscriptions hold, and again until a pass finds them all empty — by then everything
+//! sent before anything it took has been taken too — and then puts each publisher's
+//! messages back in the order of their [`ORDER_HEADER`] numbers ([`restore_publish_order`]).
 //!
 //! Anyone who can publish on NATS can publish here, so every event is checked before it
 //! reaches a socket ([`natsmud_protocol::ingress`]). A refused event is counted by reason
@@ -23,16 +24,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use futures::FutureExt;
 use futures::stream::StreamExt;
 use natsmud_protocol::envelope::splice_sequence;
 use natsmud_protocol::ingress::{Refusal, Route, check};
-use natsmud_protocol::{Feed, ORDER_HEADER, Subject, SubjectPrefix, parse_order};
+use natsmud_protocol::{ORDER_HEADER, Subject, SubjectPrefix, parse_order, subscriptions};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::Frame;
 use super::connection_manager::ConnectionManager;
+use crate::presence::{PRESENCE_HEADER, Presence};
 use crate::telemetry;
 
 /// How long startup waits for a first NATS connection before serving degraded.
@@ -41,9 +42,18 @@ const STARTUP_CONNECT_WAIT: Duration = Duration::from_secs(2);
 /// At most one log line per this long about refused events (with a count of the others).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Most messages taken in one pass over the subscriptions before they are handled. Far
-/// above any burst seen; it only bounds the work between two checks for shutdown.
-const BATCH_MAX: usize = 16 * 1024;
+/// The next message of any of `feeds`; `None` when one of them ends.
+async fn next_of_any(feeds: &mut [async_nats::Subscriber]) -> Option<async_nats::Message> {
+    std::future::poll_fn(|cx| {
+        for feed in feeds.iter_mut() {
+            if let std::task::Poll::Ready(message) = feed.poll_next_unpin(cx) {
+                return std::task::Poll::Ready(message);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
 
 /// Puts each publisher's messages of `batch` back in the order its [`ORDER_HEADER`] numbers
 /// say, each into the places its messages took, so other publishers' messages keep theirs.
@@ -76,50 +86,45 @@ pub fn restore_publish_order(batch: &mut [async_nats::Message]) {
     }
 }
 
-/// Which ticks to deliver: each tick number once, and only ticks near this node's clock, so
-/// that neither two ticking nodes nor a forged tick with a huge number can make players
-/// see a tick twice or stop seeing them.
+/// Which ticks to deliver: each tick number once, in increasing order, and only ticks on
+/// this node's tick grid and not ahead of its clock, so that neither two ticking nodes nor
+/// a forged tick can make players see a tick twice, see ticks go backwards, or stop seeing
+/// them for long. Every node of a world must use the same tick interval; a node whose
+/// interval is 0 (a world without ticks) delivers none.
 #[derive(Debug)]
 pub struct TickFilter {
-    /// The world's tick interval, when this node knows it (it ticks itself).
     interval_ms: Option<u64>,
     last_tick: u64,
-    last_due_ms: i128,
 }
 
-/// How far a tick's scheduled time may be from this node's clock when the interval is not
-/// known here.
-const TICK_WINDOW_UNKNOWN_INTERVAL_MS: i128 = 60_000;
-/// Clock difference between nodes tolerated on top of the interval-based window.
+/// Clock difference between nodes tolerated: a tick may be this far ahead of the clock.
 const TICK_CLOCK_SKEW_MS: i128 = 2_000;
+/// How many intervals late a tick may still be delivered.
+const TICK_LATE_INTERVALS: i128 = 3;
 
 impl TickFilter {
     pub fn new(interval: Option<Duration>) -> Self {
         Self {
             interval_ms: interval.map(|i| (i.as_millis() as u64).max(1)),
             last_tick: 0,
-            last_due_ms: i128::MIN,
         }
     }
 
     /// Whether to deliver tick `tick` scheduled at `due_ms` (Unix ms) when the clock says
-    /// `now_ms`; records it when so.
+    /// `now_ms`; records it when so. Real ticks are never early: one from the future (up to
+    /// the clock skew) is refused, so a forged one can hold back real ticks for at most the
+    /// skew.
     pub fn accept(&mut self, tick: u64, due_ms: i128, now_ms: i128) -> bool {
-        let fresh = match self.interval_ms {
-            Some(interval) => {
-                let window = 3 * i128::from(interval) + TICK_CLOCK_SKEW_MS;
-                i128::from(tick) * i128::from(interval) == due_ms
-                    && (due_ms - now_ms).abs() <= window
-                    && tick > self.last_tick
-            }
-            None => {
-                (due_ms - now_ms).abs() <= TICK_WINDOW_UNKNOWN_INTERVAL_MS
-                    && due_ms > self.last_due_ms
-            }
+        let Some(interval) = self.interval_ms else {
+            return false;
         };
+        let interval = i128::from(interval);
+        let fresh = i128::from(tick) * interval == due_ms
+            && due_ms <= now_ms + TICK_CLOCK_SKEW_MS
+            && due_ms >= now_ms - TICK_LATE_INTERVALS * interval - TICK_CLOCK_SKEW_MS
+            && tick > self.last_tick;
         if fresh {
             self.last_tick = tick;
-            self.last_due_ms = due_ms;
         }
         fresh
     }
@@ -160,6 +165,8 @@ impl Throttled {
 pub struct NatsMessageHandler {
     prefix: SubjectPrefix,
     manager: Arc<ConnectionManager>,
+    /// The world's roster: presence events update it as they are delivered.
+    presence: Presence,
     /// Largest event accepted, in bytes: the client frame limit.
     max_event_bytes: usize,
     /// Numbering of the sub-zone streams (only sub-zones of this world get an entry).
@@ -174,12 +181,14 @@ impl NatsMessageHandler {
     pub fn new(
         prefix: SubjectPrefix,
         manager: Arc<ConnectionManager>,
+        presence: Presence,
         max_event_bytes: usize,
         tick_interval: Option<Duration>,
     ) -> Self {
         Self {
             prefix,
             manager,
+            presence,
             max_event_bytes,
             sub_zone_sequences: HashMap::new(),
             global_sequence: 0,
@@ -197,23 +206,19 @@ impl NatsMessageHandler {
         client: async_nats::Client,
         ready: tokio::sync::oneshot::Sender<()>,
         shutdown: CancellationToken,
+        fatal: Arc<crate::nats::Fatal>,
     ) {
-        let mut feeds = Vec::with_capacity(Feed::ALL.len());
-        for feed in Feed::ALL {
-            let subject = feed.subscription(&self.prefix);
+        let mut feeds = Vec::new();
+        for subject in subscriptions(&self.prefix) {
             match client.subscribe(subject.clone()).await {
                 Ok(subscriber) => feeds.push(subscriber),
                 Err(error) => {
-                    tracing::error!(%error, %subject, "cannot subscribe to NATS; no events will be delivered");
                     let _ = ready.send(());
+                    fatal.raise(format!("cannot subscribe to NATS ({subject}): {error}"));
                     return;
                 }
             }
         }
-        let [mut events, mut chat] = match <[async_nats::Subscriber; 2]>::try_from(feeds) {
-            Ok(feeds) => feeds,
-            Err(_) => return,
-        };
         // The client connects in the background; give it a moment so that a server whose
         // NATS is up starts healthy, with its subscriptions registered before any player.
         let deadline = tokio::time::Instant::now() + STARTUP_CONNECT_WAIT;
@@ -226,49 +231,63 @@ impl NatsMessageHandler {
             let _ = client.flush().await;
         }
         let _ = ready.send(());
-        tracing::info!(prefix = %self.prefix.as_str(), "listening for events");
+        tracing::info!(prefix = %self.prefix.as_str(), subscriptions = feeds.len(), "listening for events");
         let mut batch: Vec<async_nats::Message> = Vec::new();
         loop {
             let first = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                message = events.next() => message,
-                message = chat.next() => message,
+                _ = shutdown.cancelled() => return,
+                first = next_of_any(&mut feeds) => first,
             };
-            let Some(first) = first else { break };
+            let Some(first) = first else {
+                // A subscription ended (the server refused it, or the client closed):
+                // no event would reach this node's players again.
+                fatal.raise(
+                    "a NATS subscription of this node ended; no events can reach its players"
+                        .into(),
+                );
+                return;
+            };
             batch.push(first);
-            // Until a pass finds both empty (see the module documentation).
-            loop {
-                let before = batch.len();
-                while batch.len() < BATCH_MAX
-                    && let Some(Some(message)) = events.next().now_or_never()
-                {
-                    batch.push(message);
+            // Everything the subscriptions hold, again until a pass finds them all empty
+            // (see the module documentation). Outside tokio's task budget: the budget would
+            // make a subscription look empty while it still holds messages.
+            tokio::task::unconstrained(async {
+                loop {
+                    let before = batch.len();
+                    for feed in feeds.iter_mut() {
+                        while let Some(Some(message)) = feed.next().now_or_never() {
+                            batch.push(message);
+                        }
+                    }
+                    if batch.len() == before {
+                        break;
+                    }
                 }
-                while batch.len() < BATCH_MAX
-                    && let Some(Some(message)) = chat.next().now_or_never()
-                {
-                    batch.push(message);
-                }
-                if batch.len() == before || batch.len() >= BATCH_MAX {
-                    break;
-                }
-            }
+            })
+            .await;
             restore_publish_order(&mut batch);
             for message in batch.drain(..) {
-                self.handle(message.subject.as_str(), &message.payload);
+                self.handle(&message);
             }
         }
     }
 
     /// Routes one event.
-    pub fn handle(&mut self, subject: &str, payload: &Bytes) {
+    pub fn handle(&mut self, message: &async_nats::Message) {
+        let subject = message.subject.as_str();
+        let payload = &message.payload;
         let Some(parsed) = Subject::parse(&self.prefix, subject) else {
             return;
         };
+        let presence_revision = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(PRESENCE_HEADER))
+            .and_then(|value| value.as_str().parse::<u64>().ok());
         metrics::counter!(telemetry::EVENTS_RECEIVED).increment(1);
         let since = Instant::now();
         let delivered = match check(parsed, payload, self.max_event_bytes)
-            .and_then(|route| self.deliver(route, payload, since))
+            .and_then(|route| self.deliver(route, payload, presence_revision, since))
         {
             Ok(delivered) => delivered,
             Err(refusal) => {
@@ -279,40 +298,59 @@ impl NatsMessageHandler {
         metrics::counter!(telemetry::EVENTS_DELIVERED).increment(delivered as u64);
     }
 
-    fn deliver(&mut self, route: Route, payload: &[u8], since: Instant) -> Result<usize, Refusal> {
+    fn deliver(
+        &mut self,
+        route: Route,
+        payload: &[u8],
+        presence_revision: Option<u64>,
+        since: Instant,
+    ) -> Result<usize, Refusal> {
         let numbered = |sequence: u64| -> Result<Frame, Refusal> {
             splice_sequence(payload, sequence)
                 .and_then(|bytes| Frame::try_from(bytes).ok())
                 .ok_or(Refusal::Malformed)
         };
         match route {
-            Route::Room { room, actor } => self
-                .manager
-                .deliver_room(&room, Some(&actor), payload, since)
-                .ok_or(Refusal::UnknownPlace),
+            Route::Room {
+                room,
+                actor,
+                presence,
+            } => {
+                // The roster first, then the room: a player arriving in the room between
+                // the two sees the newcomer listed and hears of it (listed twice at worst,
+                // never missing).
+                if let (Some((event, name)), Some(revision)) = (presence, presence_revision) {
+                    self.note_presence(&actor, name, &room, event, revision);
+                }
+                self.manager
+                    .deliver_room(&room, Some(&actor), payload, since)
+                    .ok_or(Refusal::UnknownPlace)
+            }
             Route::SubZone { sub_zone, actor } => {
                 if !self.manager.has_sub_zone(&sub_zone) {
                     return Err(Refusal::UnknownPlace);
                 }
+                // A number is taken only once the frame is made: a refused event leaves no
+                // gap that a client would read as a loss.
                 let sequence = self.sub_zone_sequences.entry(sub_zone.clone()).or_default();
+                let frame = numbered(*sequence + 1)?;
                 *sequence += 1;
-                let frame = numbered(*sequence)?;
                 self.manager
                     .deliver_sub_zone(&sub_zone, Some(&actor), &frame, since)
                     .ok_or(Refusal::UnknownPlace)
             }
-            Route::Whisper { target, sender } => Ok(self
+            Route::Whisper { target, sender } => self
                 .manager
                 .deliver_whisper(&target, Some(sender), payload, since)
-                .unwrap_or(0)),
+                .ok_or(Refusal::Malformed),
             Route::Global { actor } => {
+                let frame = numbered(self.global_sequence + 1)?;
                 self.global_sequence += 1;
-                let frame = numbered(self.global_sequence)?;
                 Ok(self.manager.deliver_all(actor.as_deref(), &frame, since))
             }
             Route::System => {
+                let frame = numbered(self.system_sequence + 1)?;
                 self.system_sequence += 1;
-                let frame = numbered(self.system_sequence)?;
                 Ok(self.manager.deliver_all(None, &frame, since))
             }
             Route::Tick {
@@ -326,6 +364,38 @@ impl NatsMessageHandler {
                 let frame = Frame::try_from(frame).map_err(|_| Refusal::Malformed)?;
                 Ok(self.manager.deliver_all(None, &frame, since))
             }
+        }
+    }
+
+    /// A presence event, applied to the roster at the revision of the write it announces.
+    fn note_presence(
+        &self,
+        player: &str,
+        name: natsmud_protocol::PlayerName,
+        room: &str,
+        event: natsmud_protocol::EventType,
+        revision: u64,
+    ) {
+        use natsmud_protocol::EventType;
+        let Ok(player) = natsmud_protocol::PlayerId::parse(player) else {
+            return;
+        };
+        let roster = self.presence.roster();
+        match event {
+            EventType::PlayerEntered | EventType::PlayerEnteredGame => {
+                roster.put(
+                    &player,
+                    crate::presence::roster::Seen {
+                        name,
+                        room: Some(room.to_owned()),
+                        holder: None,
+                        revision,
+                    },
+                );
+            }
+            EventType::PlayerLeft => roster.left_room(&player, room, revision),
+            EventType::PlayerLeftGame => roster.remove(&player, revision),
+            _ => {}
         }
     }
 
@@ -352,6 +422,7 @@ fn unix_millis() -> i128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn ticks_near_the_clock_are_delivered_once() {
@@ -368,12 +439,17 @@ mod tests {
             !ticks.accept(1_000_100, 1_000_000_000, now),
             "number and time disagree"
         );
-        assert!(ticks.accept(1_000_001, 1_000_001_000, now + 1000));
-        let mut unknown = TickFilter::new(None);
-        assert!(unknown.accept(5, 1_000_000_000, now));
-        assert!(!unknown.accept(6, 1_000_000_000, now));
-        assert!(!unknown.accept(7, 2_000_000_000, now));
-        assert!(unknown.accept(8, 1_000_010_000, now));
+        // A consistent tick from three intervals ahead is refused too: ticks are never early.
+        assert!(!ticks.accept(1_000_003, 1_000_003_000, now));
+        // One a little ahead (clock skew between nodes) is fine.
+        assert!(ticks.accept(1_000_001, 1_000_001_000, now));
+        // Late but not too late.
+        assert!(ticks.accept(1_000_002, 1_000_002_000, now + 4_000));
+        assert!(!ticks.accept(1_000_003, 1_000_003_000, now + 9_000));
+        // Backwards: refused.
+        assert!(!ticks.accept(1_000_001, 1_000_001_000, now + 1_000));
+        // A world without ticks delivers none.
+        assert!(!TickFilter::new(None).accept(5, 5_000, 5_000));
     }
 
     fn message(subject: &str, order: Option<&str>) -> async_nats::Message {

@@ -50,12 +50,13 @@ pub async fn submit(State(app): State<AppState>, headers: HeaderMap, body: Body)
     let Ok(player) = PlayerId::parse(&claims.sub) else {
         return ApiError::BadToken.into_response();
     };
-    if !app.manager.is_connected(player.as_str()) {
-        return not_connected(&app, &player).await;
-    }
-    // Checked here rather than on the connection, so the refusal is this response's.
+    // Checked here rather than on the connection, so the refusal is this response's (and
+    // before anything costs a database read).
     if let Err(wait) = app.player_limits.check_command(&player) {
         return ApiError::RateLimited(wait).into_response();
+    }
+    if !app.manager.is_connected(player.as_str()) {
+        return not_connected(&app, &player).await;
     }
     match app.manager.submit(player.as_str(), message) {
         Ok(()) => (StatusCode::ACCEPTED, Json(json!({"accepted": true}))).into_response(),

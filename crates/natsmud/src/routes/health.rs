@@ -21,6 +21,8 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
             "status": status,
             "nats": if nats_ok { "connected" } else { "reconnecting" },
             "node_id": app.node_id,
+            "tick_leader": app.presence.is_tick_leader(),
+            "players_online": app.presence.roster().count(),
             "connected_players": app.manager.connected_count(),
             "nats_traffic": nats_traffic(&app.publisher.statistics()),
             "uptime_secs": app.started.elapsed().as_secs(),

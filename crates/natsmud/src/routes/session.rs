@@ -1,17 +1,20 @@
-//! A connection's life, the same for both transports: attach (register with the
-//! ConnectionManager, send `game_state`, announce `player_entered_game`), run client
-//! messages in order, detach (remove, announce `player_left_game`).
+//! A connection's life, the same for both transports: attach (take the player's presence,
+//! register with the ConnectionManager, send `game_state`, announce `player_entered_game`),
+//! run client messages in order, detach (remove, release the presence, announce
+//! `player_left_game`).
 
 use std::time::Duration;
 
-use natsmud_protocol::{ClientMessage, ErrorCode, ProtocolError};
+use natsmud_protocol::{ClientMessage, ErrorCode, ProtocolError, RoomId};
 use tokio::sync::mpsc;
 
 use crate::db::Account;
 use crate::game::{self, Flow, Session};
 use crate::limits::{CommandLimiter, Verdict};
+use crate::presence::roster::{Holder, Seen};
+use crate::presence::{Departure, PresenceError};
 use crate::realtime::connection_manager::{
-    CloseReason, ConnectionHandle, ManagerError, Queued, Transport,
+    CloseReason, ConnectionHandle, Identity, ManagerError, Queued, Transport,
 };
 use crate::startup::AppState;
 use crate::telemetry;
@@ -32,42 +35,102 @@ pub async fn attach(
     account: &Account,
     transport: Transport,
 ) -> Result<Attached, ManagerError> {
-    let wanted = account
-        .room_id
-        .as_ref()
-        .and_then(|r| app.world.room(r.as_str()))
-        .unwrap_or_else(|| app.world.start())
-        .id
-        .clone();
-    let world = &app.world;
-    let greeting = |arrival: crate::realtime::connection_manager::Arrival<'_>| {
-        // The manager only ever holds rooms of this world.
-        let room = world
-            .room(arrival.room.as_str())
-            .unwrap_or_else(|| world.start());
-        game::game_state(&account.id, &account.name, room, arrival)
-    };
     // A command of the connection this one replaces finishes first (see `Member::actions`).
     let actions = app.manager.action_lock(&account.id);
     let turn = tokio::time::timeout(TAKEOVER_WAIT, actions.lock()).await;
     if turn.is_err() {
         tracing::warn!("the replaced connection's command did not finish in time; taking over");
     }
+    // Read again now: a move of the connection just replaced may have stored a new room
+    // since the token was checked.
+    let stored = match app.accounts.find_by_id(account.id.as_str()).await {
+        Ok(Some(fresh)) => fresh.room_id,
+        _ => account.room_id.clone(),
+    };
+    let stored_room = stored
+        .as_ref()
+        .and_then(|r| app.world.room(r.as_str()))
+        .unwrap_or_else(|| app.world.start())
+        .id
+        .clone();
+    let connection = app.manager.next_connection_id();
+    // The world's roster first: a player online on another node is taken over from there,
+    // in the room it is in.
+    let (room, presence, entered_game) = match app
+        .presence
+        .claim(&account.id, &account.name, &stored_room, connection)
+        .await
+    {
+        Ok(claim) => {
+            let room = claim
+                .previous_room
+                .filter(|room| app.world.room(room.as_str()).is_some());
+            let entered = !claim.took_over;
+            (room.unwrap_or(stored_room), claim.revision, Some(entered))
+        }
+        Err(PresenceError::Contended) => return Err(ManagerError::Busy),
+        Err(error) => {
+            // NATS is away: serve this player here; when NATS returns, every connection of
+            // this node is closed (events may have been missed) and claims again.
+            tracing::warn!(%error, "presence unavailable; letting the player in on this node only");
+            app.presence.roster().put_provisional(
+                &account.id,
+                Seen {
+                    name: account.name.clone(),
+                    room: Some(stored_room.to_string()),
+                    holder: Some(Holder {
+                        node: app.node_id.clone(),
+                        incarnation: String::new(),
+                        connection,
+                    }),
+                    revision: 0,
+                },
+            );
+            (stored_room, 0, None)
+        }
+    };
+    let world = &app.world;
+    let presence_model = &app.presence;
+    let greeting = |arrival: crate::realtime::connection_manager::Arrival<'_>| {
+        // The manager only ever holds rooms of this world.
+        let room = world
+            .room(arrival.room.as_str())
+            .unwrap_or_else(|| world.start());
+        let occupants = game::occupants_with(presence_model, &room.id, &account.name);
+        game::game_state(
+            &account.id,
+            &account.name,
+            room,
+            occupants,
+            arrival.sequence,
+        )
+    };
     let connected = app.manager.connect(
         account.id.clone(),
         account.name.clone(),
-        &wanted,
+        &room,
         transport,
         app.config.max_connections as usize,
+        Identity {
+            connection,
+            presence,
+        },
         greeting,
-    )?;
-    drop(turn);
-    metrics::gauge!(telemetry::CONNECTIONS, "transport" => transport.as_str()).increment(1.0);
-    tracing::info!(
-        entered_game = connected.entered_game,
-        transport = transport.as_str(),
-        "connected"
     );
+    let connected = match connected {
+        Ok(connected) => connected,
+        Err(error) => {
+            // Not let in after all: give the presence back (nobody was told of it).
+            if presence != 0 {
+                let _ = app.presence.release(&account.id, presence).await;
+            }
+            return Err(error);
+        }
+    };
+    drop(turn);
+    let entered_game = entered_game.unwrap_or(connected.entered_game);
+    metrics::gauge!(telemetry::CONNECTIONS, "transport" => transport.as_str()).increment(1.0);
+    tracing::info!(entered_game, transport = transport.as_str(), "connected");
     let attached = Attached {
         conn: connected.handle,
         outbound: connected.outbound,
@@ -75,11 +138,14 @@ pub async fn attach(
         limiter: CommandLimiter::new(app.player_limits.clone(), account.id.clone()),
     };
     let session = Session {
-        app,
+        game: app.game(),
         conn: &attached.conn,
     };
-    if connected.entered_game {
-        session.announce_presence(&connected.room, true).await;
+    if entered_game {
+        let revision = (presence != 0).then_some(presence);
+        session
+            .announce_presence(&connected.room, true, revision)
+            .await;
     }
     Ok(attached)
 }
@@ -101,7 +167,10 @@ pub async fn handle(
     admission: Admission,
     message: Result<ClientMessage, ProtocolError>,
 ) {
-    let session = Session { app, conn };
+    let session = Session {
+        game: app.game(),
+        conn,
+    };
     if admission == Admission::Check {
         match limiter.check() {
             Verdict::Run => {}
@@ -134,7 +203,39 @@ pub async fn detach(app: &AppState, conn: &ConnectionHandle) {
     conn.kick.close(CloseReason::NORMAL);
     metrics::gauge!(telemetry::CONNECTIONS, "transport" => conn.transport.as_str()).decrement(1.0);
     if let Some(room) = app.manager.disconnect(conn) {
-        Session { app, conn }.announce_presence(&room, false).await;
+        announce_departure(app, conn, &room).await;
     }
     tracing::info!(reason = conn.kick.reason().reason, "disconnected");
+}
+
+/// Gives the player's presence back and, when this connection was still the one holding
+/// it, tells the room. A presence that cannot be given back now (NATS away) is left to the
+/// node's sweep, which removes it — and announces the departure — once it can.
+async fn announce_departure(app: &AppState, conn: &ConnectionHandle, room: &RoomId) {
+    let departure = |revision| Departure {
+        player: conn.player_id.clone(),
+        name: conn.name.clone(),
+        room: room.clone(),
+        revision,
+    };
+    let held = conn.presence_revision();
+    if held == 0 {
+        app.presence.roster().remove(&conn.player_id, 0);
+        app.presence
+            .announce_departure(&app.publisher, departure(None))
+            .await;
+        return;
+    }
+    match app.presence.release(&conn.player_id, held).await {
+        Ok(true) => {
+            app.presence
+                .announce_departure(&app.publisher, departure(Some(held)))
+                .await;
+        }
+        // Another login (here or elsewhere) holds the player now: it never left.
+        Ok(false) => {}
+        Err(error) => {
+            tracing::warn!(%error, "could not release the player's presence; the sweep will");
+        }
+    }
 }

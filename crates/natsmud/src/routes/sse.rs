@@ -31,7 +31,7 @@ pub async fn events(
     State(app): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let account = match authenticate(&app, query.get("token").map(String::as_str)).await {
+    let account = match authenticate(&app, query.get("token").map(String::as_str), true).await {
         Ok(account) => account,
         Err(error) => return error.into_response(),
     };
@@ -108,7 +108,7 @@ fn event_stream(
                     {
                         // Bounded: the gate opens when the move's storing ends, either way.
                         if let Some(gate) = &queued.gate {
-                            gate.opened().await;
+                            let _ = tokio::time::timeout(super::ws::GATE_WAIT, gate.opened()).await;
                         }
                         return Some((
                             Ok(frame_event(queued)),
@@ -130,7 +130,7 @@ fn event_stream(
                             Some(queued) => {
                                 // A mover's `room_update` waits for its room to be stored.
                                 if let Some(gate) = &queued.gate {
-                                    gate.opened().await;
+                                    let _ = tokio::time::timeout(super::ws::GATE_WAIT, gate.opened()).await;
                                 }
                                 Some((Ok(frame_event(queued)), (outbound, guard, StreamState::Open)))
                             }

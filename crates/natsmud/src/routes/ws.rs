@@ -29,6 +29,7 @@ use super::session::{self, Admission, Attached};
 use crate::db::Account;
 use crate::error::ApiError;
 use crate::limits::{CommandLimiter, Verdict};
+use crate::realtime::connection::Gate;
 use crate::realtime::connection_manager::{
     CloseReason, ConnectionHandle, Kick, ManagerError, Queued, Transport,
 };
@@ -51,7 +52,10 @@ pub async fn upgrade(
     Query(query): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let account = match authenticate(&app, query.get("token").map(String::as_str)).await {
+    // Only a real upgrade counts as a connection: a plain GET (the web client checking
+    // whether its token still works) must not use up the player's reconnect allowance.
+    let account = match authenticate(&app, query.get("token").map(String::as_str), ws.is_ok()).await
+    {
         Ok(account) => account,
         Err(error) => return error.into_response(),
     };
@@ -85,7 +89,11 @@ pub async fn upgrade(
 /// Checks the token's signature, expiry and issuer, that its account still exists, that
 /// the player has not been reconnecting too often, and that this node has room for one
 /// more player (a connection that replaces the player's own always has).
-pub async fn authenticate(app: &AppState, token: Option<&str>) -> Result<Account, ApiError> {
+pub async fn authenticate(
+    app: &AppState,
+    token: Option<&str>,
+    connecting: bool,
+) -> Result<Account, ApiError> {
     let token = token.filter(|t| !t.is_empty()).ok_or(ApiError::BadToken)?;
     let claims = app.tokens.verify(token).map_err(|_| ApiError::BadToken)?;
     let max = app.config.max_connections as usize;
@@ -97,9 +105,11 @@ pub async fn authenticate(app: &AppState, token: Option<&str>) -> Result<Account
         .find_by_id(&claims.sub)
         .await?
         .ok_or(ApiError::BadToken)?;
-    app.player_limits
-        .check_connect(&account.id)
-        .map_err(ApiError::RateLimited)?;
+    if connecting {
+        app.player_limits
+            .check_connect(&account.id)
+            .map_err(ApiError::RateLimited)?;
+    }
     Ok(account)
 }
 
@@ -248,6 +258,10 @@ fn close_reason_for(error: axum::Error) -> CloseReason {
         Ok(error) => match *error {
             tungstenite::Error::Capacity(_) => CloseReason::TOO_BIG,
             tungstenite::Error::Utf8(_) => CloseReason::INVALID_UTF8,
+            // A peer that vanishes without a close frame did not break the protocol.
+            tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            ) => CloseReason::NORMAL,
             tungstenite::Error::Protocol(_) => CloseReason::PROTOCOL_ERROR,
             tungstenite::Error::WriteBufferFull(_) => CloseReason::SLOW_CONSUMER,
             _ => CloseReason::NORMAL,
@@ -281,35 +295,14 @@ fn close_message(reason: CloseReason) -> Message {
 /// Frames written before one flush: a burst costs one write call, not one per frame.
 const WRITE_BATCH: usize = 64;
 
-/// Writes `first` and whatever else is already queued (up to [`WRITE_BATCH`]), then
-/// flushes once. A frame behind a closed gate waits for it, after what came before it is
-/// flushed.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
-    outbound: &mut mpsc::Receiver<Queued>,
-    first: Queued,
-    delivery_seconds: &metrics::Histogram,
-) -> Result<(), axum::Error> {
-    let mut next = Some(first);
-    let mut written = 0;
-    while let Some(Queued { frame, since, gate }) = next.take() {
-        if let Some(gate) = gate
-            && !gate.is_open()
-        {
-            if written > 0 {
-                sink.flush().await?;
-            }
-            gate.opened().await;
-        }
-        sink.feed(Message::Text(frame)).await?;
-        delivery_seconds.record(since.elapsed().as_secs_f64());
-        written += 1;
-        if written < WRITE_BATCH {
-            next = outbound.try_recv().ok();
-        }
-    }
-    sink.flush().await
-}
+/// Frames a writer holds while a gate before them is closed (a mover's `room_update`
+/// waiting for its room to be stored), so that the wait does not fill the connection's
+/// queue. More than this and the connection is closed as a slow consumer.
+const HELD_MAX: usize = 4096;
+
+/// Longest a gate is waited for: the room is stored long before this, or something is
+/// wrong with the database; the frames go out anyway.
+pub(crate) const GATE_WAIT: Duration = Duration::from_secs(30);
 
 /// What the writer task owns.
 struct Writer {
@@ -323,6 +316,63 @@ struct Writer {
     write_timeout: Duration,
     last_seen: Arc<AtomicU64>,
     started: Instant,
+}
+
+/// Frames taken from the queue and not yet written, in order. The front one may wait
+/// behind a closed gate.
+struct Backlog {
+    frames: std::collections::VecDeque<Queued>,
+}
+
+impl Backlog {
+    /// The front frame's gate, if it is closed.
+    fn blocked_by(&self) -> Option<Gate> {
+        self.frames
+            .front()
+            .and_then(|queued| queued.gate.clone())
+            .filter(|gate| !gate.is_open())
+    }
+
+    fn push(&mut self, queued: Queued, kick: &Kick) -> bool {
+        if self.frames.len() >= HELD_MAX {
+            crate::realtime::connection::slow_consumer(kick);
+            return false;
+        }
+        self.frames.push_back(queued);
+        true
+    }
+}
+
+/// Writes the backlog's frames up to the first one behind a closed gate (and what else is
+/// queued, at most [`WRITE_BATCH`] in all), then flushes once.
+async fn write_ready(
+    sink: &mut SplitSink<WebSocket, Message>,
+    outbound: &mut mpsc::Receiver<Queued>,
+    backlog: &mut Backlog,
+    kick: &Kick,
+    delivery_seconds: &metrics::Histogram,
+) -> Result<(), axum::Error> {
+    let mut written = 0;
+    while written < WRITE_BATCH {
+        if backlog.frames.is_empty() {
+            match outbound.try_recv() {
+                Ok(queued) => {
+                    backlog.push(queued, kick);
+                }
+                Err(_) => break,
+            }
+        }
+        if backlog.blocked_by().is_some() {
+            break;
+        }
+        let Some(Queued { frame, since, .. }) = backlog.frames.pop_front() else {
+            break;
+        };
+        sink.feed(Message::Text(frame)).await?;
+        delivery_seconds.record(since.elapsed().as_secs_f64());
+        written += 1;
+    }
+    sink.flush().await
 }
 
 /// How a write attempt ended.
@@ -349,64 +399,80 @@ async fn write_loop(writer: Writer) {
     ping.tick().await;
     // Looked up once: the registry lookup behind the macro costs more than the recording.
     let delivery_seconds = metrics::histogram!(telemetry::DELIVERY_SECONDS);
-    // One waiter for the whole connection: a new one per wake-up registers and unlinks
-    // itself each time (polling it still takes the token's lock).
+    let mut backlog = Backlog {
+        frames: std::collections::VecDeque::new(),
+    };
+    // One waiter each for the whole connection: a new one per wake-up registers and
+    // unlinks itself each time (polling it still takes the token's lock).
     let closed = kick.closed();
     tokio::pin!(closed);
+    let abandoned = kick.closed_without_drain();
+    tokio::pin!(abandoned);
     loop {
-        // Every write races the close signal (a kick must end a writer stuck on a peer
-        // that stopped reading) and its deadline.
+        if let Some(gate) = backlog.blocked_by() {
+            // Held until the gate opens, taking in (not writing) what comes meanwhile. A
+            // close that drains waits for it too: the frames behind the gate are answers.
+            let took = tokio::select! {
+                biased;
+                _ = &mut abandoned => break,
+                () = gate.opened() => true,
+                queued = outbound.recv() => match queued {
+                    Some(queued) => backlog.push(queued, &kick),
+                    None => false,
+                },
+                () = tokio::time::sleep(GATE_WAIT) => {
+                    tracing::warn!("a frame waited {GATE_WAIT:?} for its move to be stored; sending it anyway");
+                    gate.open();
+                    true
+                }
+            };
+            if !took {
+                break;
+            }
+            continue;
+        }
+        if backlog.frames.is_empty() {
+            tokio::select! {
+                biased;
+                _ = &mut closed => break,
+                queued = outbound.recv() => match queued {
+                    Some(queued) => {
+                        backlog.push(queued, &kick);
+                    }
+                    None => break,
+                },
+                _ = ping.tick() => {
+                    let idle_ms = (started.elapsed().as_millis() as u64)
+                        .saturating_sub(last_seen.load(Ordering::Relaxed));
+                    if idle_ms > 2 * ping_every.as_millis() as u64 {
+                        kick.close(CloseReason::PING_TIMEOUT);
+                        break;
+                    }
+                    let wrote = tokio::select! {
+                        biased;
+                        _ = &mut abandoned => Wrote::Closed,
+                        sent = tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))) => settle(sent, &kick),
+                    };
+                    match finish(wrote, &kick) {
+                        Next::Go => {}
+                        Next::Farewell => break,
+                        Next::Stop => return,
+                    }
+                }
+            }
+            continue;
+        }
+        // Frames to write. Only a close that throws the queue away interrupts the write:
+        // one that drains lets it finish (it has its deadline), so nothing taken is lost.
         let wrote = tokio::select! {
             biased;
-            _ = &mut closed => break,
-            queued = outbound.recv() => {
-                let Some(first) = queued else { break };
-                tokio::select! {
-                    biased;
-                    _ = &mut closed => Wrote::Closed,
-                    sent = tokio::time::timeout(write_timeout, write_batch(&mut sink, &mut outbound, first, &delivery_seconds)) => match sent {
-                        Ok(Ok(())) => Wrote::Done,
-                        Ok(Err(error)) => Wrote::Failed(error),
-                        Err(_) => {
-                            crate::realtime::connection::slow_consumer(&kick);
-                            Wrote::Closed
-                        }
-                    },
-                }
-            }
-            _ = ping.tick() => {
-                let idle_ms = (started.elapsed().as_millis() as u64)
-                    .saturating_sub(last_seen.load(Ordering::Relaxed));
-                if idle_ms > 2 * ping_every.as_millis() as u64 {
-                    kick.close(CloseReason::PING_TIMEOUT);
-                    break;
-                }
-                tokio::select! {
-                    biased;
-                    _ = &mut closed => Wrote::Closed,
-                    sent = tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))) => match sent {
-                        Ok(Ok(())) => Wrote::Done,
-                        Ok(Err(error)) => Wrote::Failed(error),
-                        Err(_) => {
-                            crate::realtime::connection::slow_consumer(&kick);
-                            Wrote::Closed
-                        }
-                    },
-                }
-            }
+            _ = &mut abandoned => Wrote::Closed,
+            sent = tokio::time::timeout(write_timeout, write_ready(&mut sink, &mut outbound, &mut backlog, &kick, &delivery_seconds)) => settle(sent, &kick),
         };
-        match wrote {
-            Wrote::Done => {}
-            Wrote::Closed => break,
-            Wrote::Failed(error) => {
-                let reason = close_reason_for_write(error);
-                if reason == CloseReason::SLOW_CONSUMER {
-                    crate::realtime::connection::slow_consumer(&kick);
-                } else {
-                    kick.close(reason);
-                }
-                return;
-            }
+        match finish(wrote, &kick) {
+            Next::Go => {}
+            Next::Farewell => break,
+            Next::Stop => return,
         }
     }
     let reason = kick.reason();
@@ -417,18 +483,16 @@ async fn write_loop(writer: Writer) {
                 tokio::select! {
                     biased;
                     queued = outbound.recv() => match queued {
-                        Some(queued) => {
-                            if let Some(gate) = &queued.gate {
-                                gate.opened().await;
-                            }
-                            sink.send(Message::Text(queued.frame)).await?
-                        }
+                        Some(queued) => backlog.frames.push_back(queued),
                         None => break,
                     },
                     _ = reader_done.cancelled() => break,
                 }
             }
             while let Ok(queued) = outbound.try_recv() {
+                backlog.frames.push_back(queued);
+            }
+            while let Some(queued) = backlog.frames.pop_front() {
                 if let Some(gate) = &queued.gate {
                     gate.opened().await;
                 }
@@ -439,4 +503,44 @@ async fn write_loop(writer: Writer) {
         sink.close().await
     };
     let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, farewell).await;
+}
+
+/// A write's result, with a deadline passed counted as a slow consumer.
+fn settle(
+    sent: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
+    kick: &Kick,
+) -> Wrote {
+    match sent {
+        Ok(Ok(())) => Wrote::Done,
+        Ok(Err(error)) => Wrote::Failed(error),
+        Err(_) => {
+            crate::realtime::connection::slow_consumer(kick);
+            Wrote::Closed
+        }
+    }
+}
+
+/// What the writer does after a write.
+enum Next {
+    Go,
+    /// The connection is closing: write what is owed, then the close frame.
+    Farewell,
+    /// The socket failed: nothing more can be written.
+    Stop,
+}
+
+fn finish(wrote: Wrote, kick: &Kick) -> Next {
+    match wrote {
+        Wrote::Done => Next::Go,
+        Wrote::Closed => Next::Farewell,
+        Wrote::Failed(error) => {
+            let reason = close_reason_for_write(error);
+            if reason == CloseReason::SLOW_CONSUMER {
+                crate::realtime::connection::slow_consumer(kick);
+            } else {
+                kick.close(reason);
+            }
+            Next::Stop
+        }
+    }
 }

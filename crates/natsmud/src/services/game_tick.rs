@@ -18,13 +18,16 @@ use time::OffsetDateTime;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::realtime::{ConnectionManager, EventPublisher};
+use crate::presence::Presence;
+use crate::realtime::EventPublisher;
 use crate::telemetry;
 
+/// Publishes the tick while this node holds the tick lease (see `presence`), so there is
+/// one tick per interval however many nodes serve the world.
 pub struct GameTickService {
     pub interval: Duration,
     pub publisher: Arc<EventPublisher>,
-    pub manager: Arc<ConnectionManager>,
+    pub presence: Presence,
 }
 
 impl GameTickService {
@@ -55,6 +58,11 @@ impl GameTickService {
     }
 
     async fn tick(&self, tick_number: u64, period_ms: u64) {
+        let leader = self.presence.is_tick_leader();
+        metrics::gauge!(telemetry::TICK_LEADER).set(if leader { 1.0 } else { 0.0 });
+        if !leader {
+            return;
+        }
         let due_at = OffsetDateTime::UNIX_EPOCH
             + Duration::from_millis(tick_number.saturating_mul(period_ms));
         let timestamp = format_timestamp(due_at);
@@ -63,7 +71,7 @@ impl GameTickService {
             GameTickData {
                 tick_number,
                 timestamp: timestamp.clone(),
-                active_players: self.manager.connected_count(),
+                active_players: self.presence.roster().count(),
             },
         )
         .with_sequence(tick_number);

@@ -67,11 +67,21 @@ impl NatsServer {
 
     /// Starts the nats-server at `bin` (another version than the pinned one).
     pub fn start_binary(bin: &Path, port: Option<u16>) -> Self {
+        Self::start_with(bin, port, &[])
+    }
+
+    /// Starts the nats-server at `bin` with `extra` arguments.
+    pub fn start_with(bin: &Path, port: Option<u16>, extra: &[String]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
+        // JetStream on (natsmud keeps presence in it), its store in this server's own
+        // directory: a server started again on the same port starts empty, as a new one.
         let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port_arg, "--ports_file_dir"])
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .arg(dir.path().join("jetstream"))
+            .arg("--ports_file_dir")
             .arg(dir.path())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -406,6 +416,20 @@ impl Player {
         }
     }
 
+    /// Sends a command and returns its direct reply, skipping whatever events come first.
+    pub async fn reply(&mut self, line: &str) -> ServerFrame {
+        self.command(line).await;
+        loop {
+            let frame = self.next_frame().await;
+            if matches!(
+                frame.event_type,
+                EventType::CommandResponse | EventType::Error | EventType::RoomUpdate
+            ) {
+                return frame;
+            }
+        }
+    }
+
     pub async fn expect_error(&mut self, code: &str) -> ServerFrame {
         let frame = self.expect(EventType::Error).await;
         assert_eq!(frame.data_str("code"), code, "{frame:?}");
@@ -590,5 +614,72 @@ pub async fn subscribe_ready(client: &async_nats::Client, subject: &str) -> asyn
         if message.payload.as_ref() == PROBE {
             return subscriber;
         }
+    }
+}
+
+/// A port nothing listens on now (bound and released), for servers that need to know each
+/// other's ports before they start.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A NATS cluster of the test's own: servers routed to each other, JetStream clustered.
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    pub async fn start(size: usize) -> Self {
+        let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let servers: Vec<NatsServer> = cluster_ports
+            .iter()
+            .enumerate()
+            .map(|(n, port)| {
+                let extra = [
+                    "--server_name".to_owned(),
+                    format!("s{n}"),
+                    "--cluster_name".to_owned(),
+                    "natsmud_test".to_owned(),
+                    "--cluster".to_owned(),
+                    format!("nats://127.0.0.1:{port}"),
+                    "--routes".to_owned(),
+                    routes.clone(),
+                ];
+                NatsServer::start_with(&nats_server_bin(), None, &extra)
+            })
+            .collect();
+        let cluster = Self { servers };
+        // JetStream answers once the servers have elected a meta leader.
+        let urls: Vec<String> = cluster.servers.iter().map(|s| s.url.clone()).collect();
+        let client = async_nats::connect(urls).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while js.query_account().await.is_err() {
+            assert!(Instant::now() < deadline, "the NATS cluster never formed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cluster
+    }
+
+    /// Every server's URL, comma-separated, starting with server `first`.
+    pub fn urls_from(&self, first: usize) -> String {
+        let n = self.servers.len();
+        (0..n)
+            .map(|i| self.servers[(first + i) % n].url.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn urls(&self) -> String {
+        self.urls_from(0)
     }
 }

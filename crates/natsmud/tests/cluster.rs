@@ -1,0 +1,425 @@
+//! Many nodes, one world (DESIGN.md §6): players on different nodes see each other, `who`
+//! and whispers cross nodes, a login anywhere replaces the last one, a dead node's players
+//! leave (announced once), one tick per interval whoever leads it, and a NATS cluster
+//! losing a server. Real nats-servers (one, or a cluster of three), real natsmud nodes —
+//! in this process, or as the real binary when a test must kill one.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{KillOnDrop, NatsCluster, Player, Received, TestApp};
+use natsmud_protocol::EventType;
+use serde_json::json;
+
+const SECRET: &str = "test-secret-not-for-production";
+
+/// A second node of `first`'s world: the same NATS, the same database.
+async fn another_node(first: &TestApp, adjust: impl FnOnce(&mut natsmud::Config)) -> TestApp {
+    let nats_url = first.nats.url.clone();
+    let data_dir = first.data_dir.path().to_path_buf();
+    TestApp::spawn_with(move |config| {
+        config.nats_url = nats_url;
+        config.data_dir = data_dir;
+        adjust(config);
+    })
+    .await
+}
+
+/// The real binary as one more node of `first`'s world, with `extra` flags.
+fn binary_node(first: &TestApp, extra: &[&str]) -> (KillOnDrop, String) {
+    let mut flags = vec![
+        "--jwt-secret",
+        SECRET,
+        "--max-connections-per-ip",
+        "0",
+        "--connects-per-minute",
+        "0",
+    ];
+    flags.extend_from_slice(extra);
+    common::spawn_binary(&first.nats.url, first.data_dir.path(), &flags)
+}
+
+async fn join_at(addr: &str, account: &common::Account) -> Player {
+    let mut player = common::connect_at(addr, account).await;
+    let state = player.expect(EventType::GameState).await;
+    player.room = state.room_id.clone().unwrap_or_default();
+    player
+}
+
+/// Reads until a frame of `kind` (other frames are skipped).
+async fn until(player: &mut Player, kind: EventType) -> natsmud_protocol::ServerFrame {
+    loop {
+        let frame = player.next_frame().await;
+        if frame.event_type == kind {
+            return frame;
+        }
+    }
+}
+
+async fn settle(players: &mut [&mut Player]) {
+    for player in players.iter_mut() {
+        while player.next_within(common::QUIET).await.is_some() {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_on_different_nodes_share_one_world() {
+    let a = TestApp::spawn().await;
+    let b = another_node(&a, |_| {}).await;
+    let mut alice = a.join("Alice").await;
+    let bob_account = a.register("Bob").await;
+    let mut bob = b.connect(&bob_account).await;
+    let state = bob.expect(EventType::GameState).await;
+    assert_eq!(state.data["occupants"], json!(["Alice", "Bob"]));
+    assert_eq!(
+        alice.expect(EventType::PlayerEnteredGame).await.data["player_name"],
+        "Bob"
+    );
+    // `who` lists everyone once, from either node.
+    for player in [&mut alice, &mut bob] {
+        assert_eq!(
+            player.reply("who").await.data["result"],
+            "Players online (2): Alice, Bob"
+        );
+    }
+    // A whisper by name crosses nodes, and so does the reply.
+    alice.reply("whisper bob across the wire").await;
+    let heard = bob.expect(EventType::ChatMessage).await;
+    assert_eq!(
+        heard.data["message"],
+        "Alice whispers to you: across the wire"
+    );
+    bob.reply("reply loud and clear").await;
+    assert_eq!(
+        alice.expect(EventType::ChatMessage).await.data["message"],
+        "Bob whispers to you: loud and clear"
+    );
+    // Moving into a room where a player of the other node stands lists them.
+    let (direction, next) = common::some_exit(&alice.room);
+    bob.reply(&format!("go {direction}")).await;
+    until(&mut alice, EventType::PlayerLeft).await;
+    let carol_account = a.register("Carol").await;
+    let mut carol = a.connect(&carol_account).await;
+    carol.expect(EventType::GameState).await;
+    until(&mut alice, EventType::PlayerEnteredGame).await;
+    let update = carol.reply(&format!("go {direction}")).await;
+    assert_eq!(update.event_type, EventType::RoomUpdate, "{update:?}");
+    assert_eq!(update.room_id.as_deref(), Some(next.as_str()));
+    assert_eq!(update.data["occupants"], json!(["Bob", "Carol"]));
+    let look = bob.reply("look").await;
+    assert!(
+        look.data_str("result").contains("Here: Bob, Carol"),
+        "{look:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_on_another_node_replaces_the_first_connection() {
+    let a = TestApp::spawn().await;
+    let b = another_node(&a, |_| {}).await;
+    let mut bob = a.join("Bob").await;
+    let alice_account = a.register("Alice").await;
+    let mut first = a.connect(&alice_account).await;
+    first.expect(EventType::GameState).await;
+    until(&mut bob, EventType::PlayerEnteredGame).await;
+
+    let mut second = b.connect(&alice_account).await;
+    let state = second.expect(EventType::GameState).await;
+    assert_eq!(state.data["occupants"], json!(["Alice", "Bob"]));
+    let (code, reason) = first.expect_close().await.expect("a close frame");
+    assert_eq!(code, 4001, "{reason}");
+    // Alice never left the game: Bob hears nothing, and there is one Alice.
+    bob.expect_silence().await;
+    assert_eq!(
+        bob.reply("who").await.data["result"],
+        "Players online (2): Alice, Bob"
+    );
+    second.command("say from the other node").await;
+    assert_eq!(
+        until(&mut bob, EventType::ChatMessage).await.data["message"],
+        "Alice says: from the other node"
+    );
+}
+
+/// Two logins of one player racing on two nodes end with exactly one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_logins_racing_on_two_nodes_end_with_one_connection() {
+    let a = TestApp::spawn().await;
+    let b = another_node(&a, |_| {}).await;
+    let mut bob = a.join("Bob").await;
+    let alice = a.register("Alice").await;
+    for _ in 0..10 {
+        let (one, two) = tokio::join!(a.connect(&alice), b.connect(&alice));
+        let mut open = Vec::new();
+        for mut player in [one, two] {
+            let mut closed = false;
+            while let Some(received) = player.next_within(Duration::from_millis(1500)).await {
+                if let Received::Closed(close) = received {
+                    assert_eq!(close.map(|(code, _)| code), Some(4001));
+                    closed = true;
+                    break;
+                }
+            }
+            if !closed {
+                open.push(player);
+            }
+        }
+        assert_eq!(open.len(), 1, "exactly one of the two logins stays");
+        let who = bob.reply("who").await;
+        assert_eq!(
+            who.data["result"], "Players online (2): Alice, Bob",
+            "{who:?}"
+        );
+    }
+    settle(&mut [&mut bob]).await;
+}
+
+/// A node killed with -9: its players leave presence within twice the heartbeat TTL, and
+/// each departure is announced exactly once, by exactly one of the surviving nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_players_leave_in_time_announced_exactly_once() {
+    let ttl = ["--node-ttl-secs", "1"];
+    let b = TestApp::spawn_with(|config| config.node_ttl_secs = 1).await;
+    let c = another_node(&b, |config| config.node_ttl_secs = 1).await;
+    let (mut doomed, addr) = binary_node(&b, &ttl);
+    let mut bob = b.join("Bob").await;
+    let dan_account = b.register("Dan").await;
+    let mut dan = c.connect(&dan_account).await;
+    dan.expect(EventType::GameState).await;
+    let mut on_doomed = Vec::new();
+    for name in ["Alice", "Carol"] {
+        let account = b.register(name).await;
+        on_doomed.push(join_at(&addr, &account).await);
+    }
+    for name in ["Dan", "Alice", "Carol"] {
+        assert_eq!(
+            until(&mut bob, EventType::PlayerEnteredGame).await.data["player_name"],
+            name
+        );
+    }
+    settle(&mut [&mut bob, &mut dan]).await;
+    assert_eq!(
+        bob.reply("who").await.data["result"],
+        "Players online (4): Alice, Bob, Carol, Dan"
+    );
+
+    doomed.0.kill().unwrap();
+    doomed.0.wait().unwrap();
+    let killed = Instant::now();
+    let mut departed: Vec<BTreeMap<String, usize>> = vec![BTreeMap::new(), BTreeMap::new()];
+    let mut all_heard = None;
+    // Both listeners read side by side until both heard both departures, then a while
+    // longer for any repeat.
+    let deadline = killed + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        for (n, listener) in [&mut bob, &mut dan].into_iter().enumerate() {
+            match listener.next_within(Duration::from_millis(50)).await {
+                Some(Received::Frame(frame)) if frame.event_type == EventType::PlayerLeftGame => {
+                    *departed[n]
+                        .entry(frame.data_str("player_name").to_owned())
+                        .or_default() += 1;
+                }
+                Some(Received::Frame(frame)) => panic!("unexpected {frame:?}"),
+                Some(Received::Closed(close)) => panic!("closed: {close:?}"),
+                None => {}
+            }
+        }
+        if all_heard.is_none() && departed.iter().all(|heard| heard.len() == 2) {
+            all_heard = Some(killed.elapsed());
+        }
+        if all_heard.is_some_and(|at| killed.elapsed() > at + Duration::from_secs(2)) {
+            break;
+        }
+    }
+    // Within twice the TTL (1 s) and the sweep's period of the kill.
+    let heard_in = all_heard.expect("both departures heard on both nodes");
+    assert!(heard_in < Duration::from_secs(3), "{heard_in:?}");
+    for heard in &departed {
+        assert_eq!(
+            heard,
+            &BTreeMap::from([("Alice".to_owned(), 1), ("Carol".to_owned(), 1)]),
+            "each departure heard once"
+        );
+    }
+    assert_eq!(
+        bob.reply("who").await.data["result"],
+        "Players online (2): Bob, Dan"
+    );
+}
+
+/// Three nodes, one tick per interval: every player sees each tick number once, and when
+/// the leader is killed another takes over within one lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tick_per_interval_across_three_nodes_even_when_the_leader_dies() {
+    let flags = [
+        "--tick-interval-ms",
+        "100",
+        "--tick-lease-secs",
+        "1",
+        "--node-ttl-secs",
+        "1",
+    ];
+    let home = TestApp::spawn_with(|config| config.tick_interval_ms = 0).await;
+    let mut nodes: Vec<(KillOnDrop, String)> = (0..3).map(|_| binary_node(&home, &flags)).collect();
+    let mut players = Vec::new();
+    for (n, (_, addr)) in nodes.iter().enumerate() {
+        let account = home.register(&format!("Ticker{n}")).await;
+        players.push(join_at(addr, &account).await);
+    }
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let leader = loop {
+        assert!(Instant::now() < deadline, "no node took the tick lease");
+        let mut leaders = Vec::new();
+        for (n, (_, addr)) in nodes.iter().enumerate() {
+            let health: serde_json::Value = http
+                .get(format!("http://{addr}/health"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if health["tick_leader"] == true {
+                leaders.push(n);
+            }
+        }
+        assert!(leaders.len() <= 1, "two leaders: {leaders:?}");
+        if let [leader] = leaders[..] {
+            break leader;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // 50 intervals with everyone, then the leader dies, then 50 more.
+    let mut seen: Vec<Vec<u64>> = vec![Vec::new(); players.len()];
+    let read_ticks = async |players: &mut Vec<Player>,
+                            seen: &mut Vec<Vec<u64>>,
+                            skip: Option<usize>,
+                            span: Duration| {
+        let until = Instant::now() + span;
+        while Instant::now() < until {
+            for (n, player) in players.iter_mut().enumerate() {
+                if Some(n) == skip {
+                    continue;
+                }
+                while let Some(Received::Frame(frame)) =
+                    player.next_within(Duration::from_millis(5)).await
+                {
+                    if frame.event_type == EventType::GameTick {
+                        seen[n].push(frame.data["tick_number"].as_u64().unwrap());
+                    }
+                }
+            }
+        }
+    };
+    read_ticks(&mut players, &mut seen, None, Duration::from_secs(5)).await;
+    let before: Vec<u64> = seen.iter().map(|ticks| *ticks.last().unwrap()).collect();
+    nodes[leader].0.0.kill().unwrap();
+    nodes[leader].0.0.wait().unwrap();
+    read_ticks(
+        &mut players,
+        &mut seen,
+        Some(leader),
+        Duration::from_secs(5),
+    )
+    .await;
+    for (n, ticks) in seen.iter().enumerate() {
+        if n == leader {
+            continue;
+        }
+        assert!(
+            ticks.len() >= 80,
+            "player {n} saw only {} ticks",
+            ticks.len()
+        );
+        for pair in ticks.windows(2) {
+            assert!(
+                pair[1] > pair[0],
+                "tick {} after {} (player {n})",
+                pair[1],
+                pair[0]
+            );
+        }
+        let gap = ticks
+            .windows(2)
+            .map(|pair| pair[1] - pair[0])
+            .max()
+            .unwrap();
+        // One lease (1 s = 10 ticks) and an interval, at most.
+        assert!(
+            gap <= 12,
+            "a gap of {gap} ticks when the leader died (player {n})"
+        );
+        assert!(ticks.last().unwrap() > &before[n]);
+    }
+}
+
+/// natsmud nodes on different servers of a NATS cluster; one server dies: the node that
+/// used it reconnects to another and keeps serving, presence and the tick lease survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_cluster_losing_a_server_keeps_serving() {
+    let mut cluster = NatsCluster::start(3).await;
+    // Node A knows only server 0 (it learns the others from the cluster itself); node B
+    // only servers 1 and 2, so that losing server 0 touches node A alone.
+    let urls_a = cluster.servers[0].url.clone();
+    let urls_b = format!("{},{}", cluster.servers[1].url, cluster.servers[2].url);
+    let a = TestApp::spawn_with(move |config| {
+        config.nats_url = urls_a;
+        config.tick_interval_ms = 200;
+        config.tick_lease_secs = 1;
+        config.node_ttl_secs = 2;
+    })
+    .await;
+    let data_dir = a.data_dir.path().to_path_buf();
+    let b = TestApp::spawn_with(move |config| {
+        config.nats_url = urls_b;
+        config.data_dir = data_dir;
+        config.tick_interval_ms = 200;
+        config.tick_lease_secs = 1;
+        config.node_ttl_secs = 2;
+    })
+    .await;
+    let mut alice = a.join("Alice").await;
+    let bob_account = a.register("Bob").await;
+    let mut bob = b.connect(&bob_account).await;
+    bob.expect(EventType::GameState).await;
+    until(&mut alice, EventType::PlayerEnteredGame).await;
+
+    // Node A's server goes away.
+    cluster.servers[0].stop();
+    // Alice's node reconnects elsewhere; it closes her (events may have been missed) and
+    // she comes back; Bob's node never lost its server.
+    let reason = alice.expect_closed_with(4008).await;
+    assert!(reason.starts_with("events_lost"), "{reason}");
+    let mut alice = a.rejoin(&alice).await;
+    // Presence survived: both are listed, from either node.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let who = alice.reply("who").await;
+        if who.data["result"] == "Players online (2): Alice, Bob" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{who:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        bob.reply("who").await.data["result"],
+        "Players online (2): Alice, Bob"
+    );
+    // Chat crosses, and ticks keep coming (one leader).
+    alice.command("say still here").await;
+    assert_eq!(
+        until(&mut bob, EventType::ChatMessage).await.data["message"],
+        "Alice says: still here"
+    );
+    let first = until(&mut bob, EventType::GameTick).await.data["tick_number"]
+        .as_u64()
+        .unwrap();
+    let next = until(&mut bob, EventType::GameTick).await.data["tick_number"]
+        .as_u64()
+        .unwrap();
+    assert!(next > first);
+}
