@@ -437,3 +437,43 @@ async fn websocket_and_sse_streams_outlive_the_header_timeout() {
         seen.extend_from_slice(&buffer[..n]);
     }
 }
+
+/// The admin address answers `/health` outside the socket caps: a node full of sockets
+/// still answers its orchestrator.
+#[tokio::test]
+async fn the_admin_address_answers_health_when_the_node_is_full() {
+    let admin_port = common::free_port();
+    let app = TestApp::spawn_with(|c| {
+        c.max_sockets = 2;
+        c.admin_bind = Some(format!("127.0.0.1:{admin_port}").parse().unwrap());
+    })
+    .await;
+    let (held, refusal) = connect_until_refused(&app, 10).await;
+    assert_too_many_connections(&refusal);
+    let health = reqwest::get(format!("http://127.0.0.1:{admin_port}/health"))
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    drop(held);
+}
+
+/// A request body trickled a byte at a time cannot hold its socket: the request gets 408
+/// once the header timeout has passed.
+#[tokio::test]
+async fn a_trickled_request_body_gets_408() {
+    let app = TestApp::spawn_with(|c| c.http_header_timeout_secs = 1).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /api/auth/login HTTP/1.1\r\nHost: natsmud\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"user",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let response = read_response(&mut stream).await.expect("an answer");
+    assert_eq!(response.status, 408, "{response:?}");
+    assert_eq!(response.json()["error"]["code"], "request_timeout");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

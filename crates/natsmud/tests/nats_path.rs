@@ -424,3 +424,65 @@ async fn a_node_that_missed_events_while_cut_off_closes_its_players_with_events_
     let mut alice = app.rejoin(&alice).await;
     assert!(alice.ask("look").await.data_str("result").contains("Exits"));
 }
+
+/// A burst from one publisher, alternating a room's `events.` and `chat.` subjects, reaches
+/// the room in the order it was published, however many messages wait at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_across_both_subject_families_arrives_in_publish_order() {
+    // Room for the whole burst in Alice's queue: this is about order, not slow readers.
+    let app = TestApp::spawn_with(|config| config.outbound_queue = 8192).await;
+    let mut alice = app.join("Alice").await;
+    let room = RoomId::parse(&alice.room).unwrap();
+    let nats = outside_client(&app.nats.url).await;
+    let burst = 3000u64;
+    for n in 0..burst {
+        let stranger = PlayerId::parse(&format!("stranger-{n}")).unwrap();
+        let (subject, payload) = if n % 2 == 0 {
+            let envelope = Envelope::new(
+                EventType::PlayerLeft,
+                PresenceData {
+                    player_id: stranger.clone(),
+                    player_name: "Stranger".to_owned(),
+                    message: format!("{n}"),
+                },
+            )
+            .in_room(room.clone())
+            .by_player(stranger);
+            (Subject::player_left(&room), envelope.to_bytes())
+        } else {
+            let envelope = Envelope::new(
+                EventType::ChatMessage,
+                natsmud_protocol::envelope::ChatMessageData {
+                    channel: "say".into(),
+                    sender_id: stranger.clone(),
+                    player_name: "Stranger".into(),
+                    message: format!("{n}"),
+                    message_id: n.to_string(),
+                    target_id: None,
+                    target_name: None,
+                    sub_zone: None,
+                },
+            )
+            .in_room(room.clone())
+            .by_player(stranger);
+            (Subject::say(&room), envelope.to_bytes())
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            natsmud_protocol::ORDER_HEADER,
+            format!("outside.{n}").as_str(),
+        );
+        nats.publish_with_headers(subject.render(&SubjectPrefix::default()), headers, payload)
+            .await
+            .unwrap();
+    }
+    nats.flush().await.unwrap();
+    for n in 0..burst {
+        let frame = alice.next_frame().await;
+        assert_eq!(
+            frame.data_str("message"),
+            n.to_string(),
+            "out of order: {frame:?}"
+        );
+    }
+}

@@ -14,13 +14,8 @@ use axum::routing::{get, post};
 
 use crate::startup::AppState;
 
-/// How long a request with a body (login, register, a command) may take to arrive and be
-/// answered: the header timeout covers only the request's head, and a body trickled a byte
-/// at a time would otherwise hold its socket for good.
-pub const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
-
 pub fn router(state: AppState) -> Router {
-    let deadline = axum::middleware::from_fn(within_deadline);
+    let deadline = axum::middleware::from_fn_with_state(state.clone(), within_deadline);
     Router::new()
         .route(
             "/api/auth/register",
@@ -56,11 +51,17 @@ pub fn admin_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How long a request with a body (login, register, a command) may take to arrive and be
+/// answered: the header timeout covers only the request's head, and a body trickled a byte
+/// at a time would otherwise hold its socket for good. The same length as the header
+/// timeout.
 async fn within_deadline(
+    axum::extract::State(app): axum::extract::State<AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    match tokio::time::timeout(REQUEST_DEADLINE, next.run(request)).await {
+    let deadline = app.config.http_header_timeout();
+    match tokio::time::timeout(deadline, next.run(request)).await {
         Ok(response) => response,
         Err(_) => crate::error::error_body(
             axum::http::StatusCode::REQUEST_TIMEOUT,
