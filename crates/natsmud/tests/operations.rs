@@ -202,13 +202,21 @@ fn a_nats_server_too_old_for_natsmud_is_refused_at_start() {
         return;
     };
     let nats = NatsServer::start_binary(&old, None);
+    let (status, stderr) = natsmud_against(&nats.url);
+    assert!(!status.success());
+    assert!(stderr.contains("older than 2.11"), "{stderr}");
+}
+
+/// Runs the natsmud binary against `nats_url` until it exits (20 s at most): its exit
+/// status and what it wrote to stderr.
+fn natsmud_against(nats_url: &str) -> (std::process::ExitStatus, String) {
     let data = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_natsmud"))
         .args([
             "--bind",
             "127.0.0.1:0",
             "--nats-url",
-            &nats.url,
+            nats_url,
             "--tick-interval-ms",
             "0",
         ])
@@ -225,12 +233,21 @@ fn a_nats_server_too_old_for_natsmud_is_refused_at_start() {
         }
         if started.elapsed() > Duration::from_secs(20) {
             let _ = child.kill();
-            panic!("natsmud kept running against an old NATS server");
+            panic!("natsmud kept running against a NATS server it cannot use");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
+/// Presence lives in JetStream: a server without it is refused at start, saying so.
+#[test]
+fn a_nats_server_without_jetstream_is_refused_at_start() {
+    // Later flags win: `-js=false` undoes the harness's `-js`.
+    let nats = NatsServer::start_pinned_with(&["-js=false".to_owned()]);
+    let (status, stderr) = natsmud_against(&nats.url);
     assert!(!status.success());
-    assert!(stderr.contains("older than 2.11"), "{stderr}");
+    assert!(stderr.contains("without JetStream"), "{stderr}");
 }

@@ -43,7 +43,7 @@ fn nats_server_bin() -> PathBuf {
     }
     panic!(
         "no nats-server for tests: run scripts/install-nats-server (or scripts/test), \
-         or set NATSMUD_NATS_SERVER to a nats-server >= 2.10"
+         or set NATSMUD_NATS_SERVER to a nats-server >= 2.11"
     );
 }
 
@@ -68,6 +68,11 @@ impl NatsServer {
     /// Starts the nats-server at `bin` (another version than the pinned one).
     pub fn start_binary(bin: &Path, port: Option<u16>) -> Self {
         Self::start_with(bin, port, &[])
+    }
+
+    /// Starts the pinned nats-server with `extra` arguments.
+    pub fn start_pinned_with(extra: &[String]) -> Self {
+        Self::start_with(&nats_server_bin(), None, extra)
     }
 
     /// Starts the nats-server at `bin` with `extra` arguments.
