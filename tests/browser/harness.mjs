@@ -146,7 +146,8 @@ export class Stack {
     fs.mkdirSync(natsDir);
     this.nats = startProcess(
       natsServerBin(),
-      ['-a', '127.0.0.1', '-p', '-1', '--ports_file_dir', natsDir],
+      // JetStream holds presence; its storage stays inside the test's own folder.
+      ['-a', '127.0.0.1', '-p', '-1', '-js', '-sd', path.join(natsDir, 'js'), '--ports_file_dir', natsDir],
       this.natsLog,
     );
     const portsFile = path.join(natsDir, `nats-server_${this.nats.pid}.ports`);

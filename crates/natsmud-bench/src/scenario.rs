@@ -206,7 +206,10 @@ async fn wait_healthy(node: &mut Managed, url: &str) -> Result<()> {
 async fn start_nats(bin: &Path, dir: &Path, pid_file: &Path) -> Result<(Managed, String)> {
     std::fs::create_dir_all(dir)?;
     let mut command = Command::new(bin);
-    command.args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"]);
+    // JetStream holds presence and the tick lease; its storage stays in the run's folder.
+    command.args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"]);
+    command.arg(dir.join("jetstream"));
+    command.arg("--ports_file_dir");
     command.arg(dir);
     let mut nats = Managed::spawn(
         "nats-server",

@@ -23,4 +23,4 @@ pub use command::{Command, Direction};
 pub use envelope::{Envelope, EventType, ServerFrame};
 pub use error::{ErrorCode, ProtocolError};
 pub use ids::{PlayerId, PlayerName, RoomId, SubZoneId, ZoneId};
-pub use subject::{ORDER_HEADER, Subject, SubjectPrefix, parse_order, subscriptions};
+pub use subject::{Interest, ORDER_HEADER, Subject, SubjectPrefix, parse_order};

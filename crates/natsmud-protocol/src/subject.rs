@@ -30,19 +30,88 @@ impl SubjectPrefix {
     }
 }
 
-/// What a receiving node subscribes to: its world's subjects and nothing else, so other
-/// traffic on a shared NATS never reaches (or floods) the node. With a prefix that is one
-/// subscription, `{prefix}.>`, which keeps the order NATS sends everything in. Without one
-/// the world's subjects are two families, `events.>` and `chat.>` — and a room's events
-/// travel in both. NATS writes one connection's messages in order, but a client reading two
-/// subscriptions can take them in another order; so every natsmud publisher stamps its
-/// messages with [`ORDER_HEADER`], and the receiving node puts each publisher's messages
-/// back in order across the two (see natsmud's `nats_handler`).
-pub fn subscriptions(prefix: &SubjectPrefix) -> Vec<String> {
-    if prefix.0.is_empty() {
-        vec!["events.>".to_owned(), "chat.>".to_owned()]
-    } else {
-        vec![format!("{}.>", prefix.0)]
+/// A part of the world a receiving node listens to. A node that subscribes by interest
+/// listens to [`Interest::World`] always and to each room and sub-zone where it has
+/// players; one that subscribes to [`Interest::Everything`] hears the whole world.
+///
+/// Every pattern names the world's own subjects only, so other traffic on a shared NATS
+/// never reaches (or floods) the node. A room is one subscription, `*.*.{room}` under the
+/// prefix, so its `events.` and `chat.` subjects come in the order each publisher sent them
+/// (NATS keeps a publisher's order within a subscription). That pattern can also match a
+/// sub-zone's local chat or a whisper whose id happens to equal the room's, which reach the
+/// node through their own subscriptions too: a node keeps a message only from an interest
+/// that [`carries`](Interest::carries) it, so nothing arrives twice.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Interest {
+    /// A room's events and speech.
+    Room(String),
+    /// A sub-zone's local chat.
+    SubZone(String),
+    /// What every node needs whoever its players are: ticks, global chat, system notices
+    /// and whispers (a whisper subscription per player would cost more memory than the
+    /// whispers to other nodes' players cost to drop).
+    World,
+    /// Every subject of the world.
+    Everything,
+}
+
+impl Interest {
+    /// The subscriptions that bring this interest's subjects.
+    pub fn patterns(&self, prefix: &SubjectPrefix) -> Vec<String> {
+        let under = |pattern: &str| {
+            if prefix.0.is_empty() {
+                pattern.to_owned()
+            } else {
+                format!("{}.{pattern}", prefix.0)
+            }
+        };
+        match self {
+            Self::Room(room) => vec![under(&format!("*.*.{room}"))],
+            Self::SubZone(sub_zone) => vec![under(&format!("chat.local.{sub_zone}"))],
+            Self::World => vec![
+                under("events.game_tick"),
+                under("chat.global"),
+                under("chat.system"),
+                under("chat.whisper.*"),
+            ],
+            // With a prefix one subscription keeps the order NATS sends everything in.
+            // Without one the world is two families, and a room's events travel in both:
+            // NATS keeps a publisher's order per subscription only, so every natsmud
+            // publisher stamps its messages with [`ORDER_HEADER`] and the receiving node
+            // puts each publisher's messages back in order across the two.
+            Self::Everything if prefix.0.is_empty() => {
+                vec!["events.>".to_owned(), "chat.>".to_owned()]
+            }
+            Self::Everything => vec![format!("{}.>", prefix.0)],
+        }
+    }
+
+    /// Whether `subject` is one this interest is for.
+    pub fn carries(&self, subject: &Subject<'_>) -> bool {
+        match self {
+            Self::Room(room) => subject.room() == Some(room.as_str()),
+            Self::SubZone(sub_zone) => *subject == Subject::Local(sub_zone),
+            Self::World => matches!(
+                subject,
+                Subject::GameTick | Subject::Global | Subject::System | Subject::Whisper(_)
+            ),
+            Self::Everything => true,
+        }
+    }
+
+    /// The interest that carries `subject`, of those a node subscribing by interest has.
+    pub fn of(subject: &Subject<'_>) -> Self {
+        match *subject {
+            Subject::Local(sub_zone) => Self::SubZone(sub_zone.to_owned()),
+            Subject::GameTick | Subject::Global | Subject::System | Subject::Whisper(_) => {
+                Self::World
+            }
+            Subject::PlayerEntered(room)
+            | Subject::PlayerLeft(room)
+            | Subject::Say(room)
+            | Subject::Emote(room)
+            | Subject::Pose(room) => Self::Room(room.to_owned()),
+        }
     }
 }
 
@@ -226,13 +295,24 @@ mod tests {
         subject.next().is_none()
     }
 
+    fn foreign() -> [&'static str; 6] {
+        [
+            "foo.bar",
+            "other.app.data",
+            "_INBOX.x.y",
+            "events",
+            "orders.created",
+            "a.b.c.d",
+        ]
+    }
+
     proptest! {
-        /// Each subject reaches a node on exactly one feed, and only the world's own
-        /// subjects match any feed.
+        /// Listening to everything, each subject reaches a node on exactly one
+        /// subscription, and only the world's own subjects reach it.
         #[test]
-        fn every_subject_comes_from_exactly_one_feed(id in "[A-Za-z0-9_-]{1,20}", prefix in "([a-z0-9]{1,8}(\\.[a-z0-9]{1,8}){0,2})?") {
+        fn everything_brings_each_subject_once(id in "[A-Za-z0-9_-]{1,20}", prefix in "([a-z0-9]{1,8}(\\.[a-z0-9]{1,8}){0,2})?") {
             let prefix = SubjectPrefix::parse(&prefix).unwrap_or_else(|e| panic!("{e}"));
-            let feeds = subscriptions(&prefix);
+            let feeds = Interest::Everything.patterns(&prefix);
             for subject in all(&id) {
                 let rendered = subject.render(&prefix);
                 let carrying = feeds
@@ -241,9 +321,44 @@ mod tests {
                     .count();
                 prop_assert_eq!(carrying, 1, "{}", rendered);
             }
-            for foreign in ["foo.bar", "other.app.data", "_INBOX.x.y", "events", "orders.created"] {
+            for foreign in foreign() {
                 let matched = feeds.iter().any(|feed| nats_matches(feed, foreign));
                 prop_assert!(!matched, "{}", foreign);
+            }
+        }
+
+        /// Listening by interest, each subject is carried by exactly one of the interests
+        /// whose patterns match it — the one [`Interest::of`] names — however ids collide,
+        /// so nothing is kept twice; and with a prefix nothing foreign matches at all.
+        #[test]
+        fn each_subject_is_kept_from_exactly_one_interest(id in "[A-Za-z0-9_-]{1,20}", prefix in "([a-z0-9]{1,8}(\\.[a-z0-9]{1,8}){0,2})?") {
+            let prefix = SubjectPrefix::parse(&prefix).unwrap_or_else(|e| panic!("{e}"));
+            // A room, a sub-zone and a player that all share one id.
+            let interests = [
+                Interest::Room(id.clone()),
+                Interest::SubZone(id.clone()),
+                Interest::World,
+            ];
+            for subject in all(&id) {
+                let rendered = subject.render(&prefix);
+                let keeping: Vec<&Interest> = interests
+                    .iter()
+                    .filter(|interest| {
+                        interest.patterns(&prefix).iter().any(|p| nats_matches(p, &rendered))
+                            && interest.carries(&subject)
+                    })
+                    .collect();
+                let expected = Interest::of(&subject);
+                prop_assert_eq!(keeping, vec![&expected], "{}", rendered);
+            }
+            if !prefix.as_str().is_empty() {
+                for foreign in foreign() {
+                    let matched = interests
+                        .iter()
+                        .flat_map(|interest| interest.patterns(&prefix))
+                        .any(|feed| nats_matches(&feed, foreign));
+                    prop_assert!(!matched, "{}", foreign);
+                }
             }
         }
     }

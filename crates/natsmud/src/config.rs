@@ -76,6 +76,17 @@ pub struct Config {
     #[arg(long, env = "NATSMUD_SUBJECT_PREFIX", default_value = "", value_parser = parse_prefix)]
     pub subject_prefix: SubjectPrefix,
 
+    /// What this node subscribes to on NATS: `interest`, the rooms and sub-zones where it
+    /// has players (plus ticks, global chat, notices and whispers); or `all`, the whole
+    /// world's events.
+    #[arg(
+        long,
+        env = "NATSMUD_SUBSCRIPTIONS",
+        value_enum,
+        default_value = "interest"
+    )]
+    pub subscriptions: crate::realtime::SubscriptionMode,
+
     /// This node's id among the nodes serving the world: letters, digits, '_' and '-'.
     /// Generated at start when unset (and logged).
     #[arg(long, env = "NATSMUD_NODE_ID", value_parser = parse_node_id)]

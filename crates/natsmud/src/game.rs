@@ -19,7 +19,7 @@ use crate::db::RoomWriter;
 use crate::presence::{Presence, PresenceError};
 use crate::realtime::connection::{Gate, OpenOnDrop};
 use crate::realtime::connection_manager::ConnectionHandle;
-use crate::realtime::{CloseReason, ConnectionManager, EventPublisher, PublishError};
+use crate::realtime::{CloseReason, ConnectionManager, EventPublisher, Interests, PublishError};
 use crate::world::{Room, World};
 
 /// What the game logic uses of the server.
@@ -31,6 +31,8 @@ pub struct Game<'a> {
     /// The world's roster: who is online anywhere, and where.
     pub presence: &'a Presence,
     pub publisher: &'a EventPublisher,
+    /// What this node listens to: a player's new room first.
+    pub interests: &'a Interests,
     pub rooms: &'a RoomWriter,
 }
 
@@ -270,6 +272,20 @@ impl Session<'_> {
         let Some(permit) = self.conn.reserve().await else {
             return Err(not_connected());
         };
+        // This node listens to the new room before the player is in it and before anyone
+        // hears of the arrival (see `realtime::interest`).
+        let _listening = self
+            .game
+            .interests
+            .want(&to.id, &to.sub_zone)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "cannot listen to the room a player is moving to");
+                ProtocolError::new(
+                    ErrorCode::EventBusUnavailable,
+                    "The world cannot hear that room right now; try again.",
+                )
+            })?;
         let name = self.my_name();
         // The world's roster first (it names the holder of the player, so a connection that
         // was taken over elsewhere finds out here and moves nowhere).

@@ -17,7 +17,7 @@ use crate::limits::{AuthLimiter, PlayerLimits};
 use crate::nats::Fatal;
 use crate::presence::Presence;
 use crate::realtime::nats_handler::NatsMessageHandler;
-use crate::realtime::{CloseReason, ConnectionManager, EventPublisher};
+use crate::realtime::{CloseReason, ConnectionManager, EventPublisher, Interests};
 use crate::services::game_tick::GameTickService;
 use crate::world::World;
 
@@ -40,6 +40,8 @@ pub struct AppInner {
     /// The world's roster and this node's part in it.
     pub presence: Presence,
     pub publisher: Arc<EventPublisher>,
+    /// What this node subscribes to.
+    pub interests: Arc<Interests>,
     pub auth_limiter: AuthLimiter,
     pub player_limits: PlayerLimits,
     /// Every connection's tasks, so shutdown can wait for them to finish.
@@ -66,6 +68,7 @@ impl AppState {
             manager: &self.manager,
             presence: &self.presence,
             publisher: &self.publisher,
+            interests: &self.interests,
             rooms: &self.room_writer,
         }
     }
@@ -144,8 +147,15 @@ pub async fn run(
         (config.max_frame_bytes as usize).max(MIN_EVENT_BYTES),
         config.tick_interval(),
     );
+    let (interests, feeds) = Interests::new(
+        client.clone(),
+        config.subject_prefix.clone(),
+        config.subscriptions,
+    );
     let handler_task = tokio::spawn(handler.run(
         client.clone(),
+        interests.clone(),
+        feeds,
         ready_tx,
         stop_handler.clone(),
         fatal.clone(),
@@ -192,6 +202,7 @@ pub async fn run(
         manager: manager.clone(),
         presence: presence.clone(),
         publisher: publisher.clone(),
+        interests: interests.clone(),
         auth_limiter,
         player_limits,
         connections: tokio_util::task::TaskTracker::new(),
@@ -211,6 +222,11 @@ pub async fn run(
         tokio::spawn(crate::telemetry::run_upkeep(handle, stop_services.clone()));
     }
     tokio::spawn(forget_idle_limits(state.clone(), stop_services.clone()));
+    tokio::spawn(
+        interests
+            .clone()
+            .run_upkeep(manager.clone(), stop_services.clone()),
+    );
 
     let stop_http = CancellationToken::new();
     let server = crate::net::serve(

@@ -50,6 +50,7 @@ pub const NATS_IN_MESSAGES: &str = "natsmud_nats_in_messages_total";
 pub const NATS_OUT_MESSAGES: &str = "natsmud_nats_out_messages_total";
 pub const NATS_IN_BYTES: &str = "natsmud_nats_in_bytes_total";
 pub const NATS_OUT_BYTES: &str = "natsmud_nats_out_bytes_total";
+pub const NATS_SUBSCRIPTIONS: &str = "natsmud_nats_subscriptions";
 pub const SOCKETS_OPEN: &str = "natsmud_sockets_open";
 pub const SOCKETS_REFUSED: &str = "natsmud_sockets_refused_total";
 pub const ACCEPT_ERRORS: &str = "natsmud_accept_errors_total";
@@ -125,6 +126,10 @@ fn describe() {
     describe_counter!(NATS_OUT_MESSAGES, "Messages this node sent to NATS");
     describe_counter!(NATS_IN_BYTES, "Bytes this node received from NATS");
     describe_counter!(NATS_OUT_BYTES, "Bytes this node sent to NATS");
+    describe_gauge!(
+        NATS_SUBSCRIPTIONS,
+        "NATS subscriptions this node holds (rooms and sub-zones with its players, and the world's)"
+    );
     describe_counter!(
         NATS_SLOW_CONSUMER,
         "Times NATS reported this node too slow for its subscription"

@@ -197,16 +197,6 @@ async fn events_from_nats_are_checked_before_they_reach_a_socket() {
     let mut huge = stranger();
     huge["data"]["message"] = json!("x".repeat(512 * 1024));
     refused.push((format!("events.player_entered.{room}"), huge, "too_large"));
-    // Rooms the world does not have: refused before anything is numbered or kept for them.
-    for n in 0..2000 {
-        let mut invented = stranger();
-        invented["room_id"] = json!(format!("invented_{n}"));
-        refused.push((
-            format!("events.player_entered.invented_{n}"),
-            invented,
-            "unknown_place",
-        ));
-    }
     let before = app.metric("natsmud_events_rejected_total").await;
     for (subject, payload, _) in &refused {
         nats.publish(subject.clone(), payload.to_string().into())
@@ -247,6 +237,104 @@ async fn events_from_nats_are_checked_before_they_reach_a_socket() {
             ))
             .await;
         assert!(counted >= expected, "{reason}: {counted} < {expected}");
+    }
+}
+
+fn invented_room_events(room: &str, count: usize) -> Vec<(String, Value)> {
+    (0..count)
+        .map(|n| {
+            let mut invented = serde_json::to_value(stranger_entering(room)).unwrap();
+            invented["room_id"] = json!(format!("invented_{n}"));
+            (format!("events.player_entered.invented_{n}"), invented)
+        })
+        .collect()
+}
+
+/// A node subscribes to the rooms its players are in: events for any other room, real or
+/// invented, are never even delivered to it by NATS.
+#[tokio::test]
+async fn events_for_rooms_without_the_nodes_players_never_reach_it() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.join("Alice").await;
+    let nats = outside_client(&app.nats.url).await;
+    let in_messages = async || {
+        app.get("/health").await.1["nats_traffic"]["in_messages"]
+            .as_u64()
+            .unwrap()
+    };
+    let received_before = in_messages().await;
+    let (_, other_room) = common::some_exit(&alice.room);
+    let mut published = invented_room_events(&alice.room, 2000);
+    for _ in 0..500 {
+        let mut elsewhere = serde_json::to_value(stranger_entering(&other_room)).unwrap();
+        elsewhere["room_id"] = json!(other_room);
+        published.push((format!("events.player_entered.{other_room}"), elsewhere));
+    }
+    for (subject, payload) in &published {
+        nats.publish(subject.clone(), payload.to_string().into())
+            .await
+            .unwrap();
+    }
+    nats.publish(
+        format!("events.player_entered.{}", alice.room),
+        stranger_entering(&alice.room).to_bytes(),
+    )
+    .await
+    .unwrap();
+    nats.flush().await.unwrap();
+
+    let frame = alice.expect(EventType::PlayerEntered).await;
+    assert_eq!(frame.data["player_name"], "Stranger");
+    alice.expect_silence().await;
+    let received = in_messages().await - received_before;
+    // The one event for Alice's room, plus the node's own heartbeats and presence traffic.
+    assert!(
+        received < 100,
+        "{received} messages reached the node for 2,501 published"
+    );
+}
+
+/// With `--subscriptions all` the node hears every room; events for rooms the world does
+/// not have are refused before anything is numbered or kept for them.
+#[tokio::test]
+async fn a_node_hearing_everything_refuses_rooms_the_world_lacks() {
+    let app = TestApp::spawn_with(|config| {
+        config.subscriptions = natsmud::realtime::SubscriptionMode::All;
+    })
+    .await;
+    let mut alice = app.join("Alice").await;
+    let nats = outside_client(&app.nats.url).await;
+    let before = app
+        .metric("natsmud_events_rejected_total{reason=\"unknown_place\"}")
+        .await;
+    let invented = invented_room_events(&alice.room, 2000);
+    for (subject, payload) in &invented {
+        nats.publish(subject.clone(), payload.to_string().into())
+            .await
+            .unwrap();
+    }
+    nats.publish(
+        format!("events.player_entered.{}", alice.room),
+        stranger_entering(&alice.room).to_bytes(),
+    )
+    .await
+    .unwrap();
+    nats.flush().await.unwrap();
+    let frame = alice.expect(EventType::PlayerEntered).await;
+    assert_eq!(frame.data["player_name"], "Stranger");
+    alice.expect_silence().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let wanted = before + invented.len() as f64;
+    while app
+        .metric("natsmud_events_rejected_total{reason=\"unknown_place\"}")
+        .await
+        < wanted
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not every unknown place was counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -483,6 +483,22 @@ impl ConnectionManager {
         self.rooms.get(index).map(|slot| slot.id.clone())
     }
 
+    /// Whether nobody on this node is in `room` (a room of another world: true).
+    pub fn room_is_empty(&self, room: &str) -> bool {
+        self.room_index(room)
+            .and_then(|index| self.room_state(index))
+            .is_none_or(|state| state.members.is_empty())
+    }
+
+    /// Whether nobody on this node is in any room of `sub_zone`.
+    pub fn sub_zone_is_empty(&self, sub_zone: &str) -> bool {
+        self.sub_zones.get(sub_zone).is_none_or(|rooms| {
+            rooms
+                .iter()
+                .all(|&index| lock(&self.rooms[index].state).members.is_empty())
+        })
+    }
+
     /// Names of the players in `room`, sorted.
     pub fn occupants(&self, room: &RoomId) -> Vec<String> {
         self.room_index(room.as_str())

@@ -4,8 +4,10 @@
 pub mod connection;
 pub mod connection_manager;
 pub mod event_publisher;
+pub mod interest;
 pub mod nats_handler;
 
 pub use connection::{CloseReason, ConnectionHandle, Frame, Kick, Queued, Transport};
 pub use connection_manager::ConnectionManager;
 pub use event_publisher::{EventPublisher, PublishError};
+pub use interest::{Interests, SubscriptionMode, Wanted};

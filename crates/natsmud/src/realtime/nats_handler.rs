@@ -2,16 +2,19 @@
 //! ConnectionManager with its audience: room members, sub-zone members, everyone, or one
 //! whisper target — never the actor.
 //!
-//! Subscriptions ([`subscriptions`]): the world's own subjects and nothing else — one
-//! subscription (`{prefix}.>`) with a prefix, the two families `events.>` and `chat.>`
-//! without — so other traffic on a shared NATS never even reaches the node. One task
-//! reads them, so every recipient on this node sees each stream's events in the same order
-//! with the same numbers.
+//! What the node subscribes to is [`super::interest`]'s business: by default the rooms and
+//! sub-zones where it has players and what every node needs, each a subscription of its
+//! own; or everything. Either way only the world's own subjects, so other traffic on a
+//! shared NATS never even reaches the node. One task reads every subscription, so every
+//! recipient on this node sees each stream's events in the same order with the same
+//! numbers. A message is kept only from the subscription whose interest carries it, so a
+//! subject two patterns match is delivered once.
 //!
-//! A room's events travel in both families, and a client reading two subscriptions can
-//! take messages in another order than NATS sent them (a `say` then a `player_left` could
-//! come out swapped). NATS sends one connection's messages in order, and async-nats hands
-//! them to the subscriptions one at a time in that order. So the task takes whatever the
+//! NATS keeps a publisher's order within one subscription. Where one stream's events come
+//! through two (listening to everything without a prefix: `events.>` and `chat.>`, and a
+//! room's events travel in both), a client can take them in another order than NATS sent
+//! them. NATS sends one connection's messages in order, and async-nats hands them to the
+//! subscriptions one at a time in that order. So the task takes whatever the
 //! subscriptions hold, and again until a pass finds them all empty — by then everything
 //! sent before anything it took has been taken too — and then puts each publisher's
 //! messages back in the order of their [`ORDER_HEADER`] numbers ([`restore_publish_order`]).
@@ -25,14 +28,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
-use futures::stream::StreamExt;
+use futures::stream::{SelectAll, StreamExt};
 use natsmud_protocol::envelope::splice_sequence;
 use natsmud_protocol::ingress::{Refusal, Route, check};
-use natsmud_protocol::{ORDER_HEADER, Subject, SubjectPrefix, parse_order, subscriptions};
+use natsmud_protocol::{Interest, ORDER_HEADER, Subject, SubjectPrefix, parse_order};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::Frame;
 use super::connection_manager::ConnectionManager;
+use super::interest::{Delivery, Feed, Interests};
 use crate::presence::{PRESENCE_HEADER, Presence};
 use crate::telemetry;
 
@@ -42,33 +47,23 @@ const STARTUP_CONNECT_WAIT: Duration = Duration::from_secs(2);
 /// At most one log line per this long about refused events (with a count of the others).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// The next message of any of `feeds`; `None` when one of them ends.
-async fn next_of_any(feeds: &mut [async_nats::Subscriber]) -> Option<async_nats::Message> {
-    std::future::poll_fn(|cx| {
-        for feed in feeds.iter_mut() {
-            if let std::task::Poll::Ready(message) = feed.poll_next_unpin(cx) {
-                return std::task::Poll::Ready(message);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
-}
-
 /// Puts each publisher's messages of `batch` back in the order its [`ORDER_HEADER`] numbers
 /// say, each into the places its messages took, so other publishers' messages keep theirs.
 /// Messages without the header (other publishers than natsmud) stay where they are.
-pub fn restore_publish_order(batch: &mut [async_nats::Message]) {
+pub fn restore_publish_order<T: Clone>(
+    batch: &mut [T],
+    message: impl Fn(&T) -> &async_nats::Message,
+) {
     if batch.len() < 2 {
         return;
     }
-    let stamp = |message: &async_nats::Message| -> Option<(String, u64)> {
-        let value = message.headers.as_ref()?.get(ORDER_HEADER)?;
+    let stamp = |item: &T| -> Option<(String, u64)> {
+        let value = message(item).headers.as_ref()?.get(ORDER_HEADER)?;
         parse_order(value.as_str()).map(|(origin, n)| (origin.to_owned(), n))
     };
     let mut by_origin: HashMap<String, Vec<(usize, u64)>> = HashMap::new();
-    for (at, message) in batch.iter().enumerate() {
-        if let Some((origin, n)) = stamp(message) {
+    for (at, item) in batch.iter().enumerate() {
+        if let Some((origin, n)) = stamp(item) {
             by_origin.entry(origin).or_default().push((at, n));
         }
     }
@@ -78,10 +73,9 @@ pub fn restore_publish_order(batch: &mut [async_nats::Message]) {
         }
         let mut in_order: Vec<(usize, u64)> = places.clone();
         in_order.sort_by_key(|&(_, n)| n);
-        let messages: Vec<async_nats::Message> =
-            in_order.iter().map(|&(at, _)| batch[at].clone()).collect();
-        for (&(slot, _), message) in places.iter().zip(messages) {
-            batch[slot] = message;
+        let items: Vec<T> = in_order.iter().map(|&(at, _)| batch[at].clone()).collect();
+        for (&(slot, _), item) in places.iter().zip(items) {
+            batch[slot] = item;
         }
     }
 }
@@ -198,26 +192,22 @@ impl NatsMessageHandler {
         }
     }
 
-    /// Subscribes to the world's feeds, then signals `ready` once NATS has registered the
-    /// subscriptions (or at once if NATS is not reachable yet: the client subscribes when
-    /// it connects).
+    /// Subscribes to what the node always listens to, signals `ready` once NATS has
+    /// registered it (or at once if NATS is not reachable yet: the client subscribes when
+    /// it connects), then reads every subscription `interests` opens, from `feeds`.
     pub async fn run(
         mut self,
         client: async_nats::Client,
+        interests: Arc<Interests>,
+        mut feeds: mpsc::UnboundedReceiver<Feed>,
         ready: tokio::sync::oneshot::Sender<()>,
         shutdown: CancellationToken,
         fatal: Arc<crate::nats::Fatal>,
     ) {
-        let mut feeds = Vec::new();
-        for subject in subscriptions(&self.prefix) {
-            match client.subscribe(subject.clone()).await {
-                Ok(subscriber) => feeds.push(subscriber),
-                Err(error) => {
-                    let _ = ready.send(());
-                    fatal.raise(format!("cannot subscribe to NATS ({subject}): {error}"));
-                    return;
-                }
-            }
+        if let Err(error) = interests.start().await {
+            let _ = ready.send(());
+            fatal.raise(format!("cannot subscribe to NATS: {error}"));
+            return;
         }
         // The client connects in the background; give it a moment so that a server whose
         // NATS is up starts healthy, with its subscriptions registered before any player.
@@ -231,54 +221,75 @@ impl NatsMessageHandler {
             let _ = client.flush().await;
         }
         let _ = ready.send(());
-        tracing::info!(prefix = %self.prefix.as_str(), subscriptions = feeds.len(), "listening for events");
-        let mut batch: Vec<async_nats::Message> = Vec::new();
+        tracing::info!(
+            prefix = %self.prefix.as_str(),
+            subscriptions = interests.subscription_count(),
+            "listening for events"
+        );
+        let mut live: SelectAll<Feed> = SelectAll::new();
+        let mut batch: Vec<(Arc<Interest>, async_nats::Message)> = Vec::new();
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                first = next_of_any(&mut feeds) => first,
+                feed = feeds.recv() => match feed {
+                    Some(feed) => {
+                        live.push(feed);
+                        continue;
+                    }
+                    None => return,
+                },
+                Some(first) = live.next(), if !live.is_empty() => first,
             };
-            let Some(first) = first else {
-                // A subscription ended (the server refused it, or the client closed):
-                // no event would reach this node's players again.
-                fatal.raise(
-                    "a NATS subscription of this node ended; no events can reach its players"
-                        .into(),
-                );
-                return;
+            let mut ended = None;
+            let mut take = |delivery: Delivery| match delivery {
+                Delivery::Message(interest, message) => batch.push((interest, message)),
+                Delivery::Ended { retired: true, .. } => {}
+                Delivery::Ended { interest, .. } => ended = Some(interest),
             };
-            batch.push(first);
-            // Everything the subscriptions hold, again until a pass finds them all empty
-            // (see the module documentation). Outside tokio's task budget: the budget would
-            // make a subscription look empty while it still holds messages.
+            take(first);
+            // Everything the subscriptions hold, again until passes find them all empty
+            // (see the module documentation; a second empty pass because a set of streams
+            // may answer "nothing" early to let other tasks run). Outside tokio's task
+            // budget: the budget would make a subscription look empty while it still holds
+            // messages.
             tokio::task::unconstrained(async {
-                loop {
-                    let before = batch.len();
-                    for feed in feeds.iter_mut() {
-                        while let Some(Some(message)) = feed.next().now_or_never() {
-                            batch.push(message);
-                        }
+                let mut empty_passes = 0;
+                while empty_passes < 2 {
+                    let mut took = false;
+                    while let Some(Some(delivery)) = live.next().now_or_never() {
+                        take(delivery);
+                        took = true;
                     }
-                    if batch.len() == before {
-                        break;
-                    }
+                    empty_passes = if took { 0 } else { empty_passes + 1 };
                 }
             })
             .await;
-            restore_publish_order(&mut batch);
-            for message in batch.drain(..) {
-                self.handle(&message);
+            if let Some(interest) = ended {
+                // The server refused a subscription, or the client closed: events would
+                // stop reaching this node's players without a word.
+                fatal.raise(format!(
+                    "a NATS subscription of this node ({interest:?}) ended; its events could no longer reach its players"
+                ));
+                return;
+            }
+            restore_publish_order(&mut batch, |(_, message)| message);
+            for (interest, message) in batch.drain(..) {
+                self.handle(&interest, &message);
             }
         }
     }
 
-    /// Routes one event.
-    pub fn handle(&mut self, message: &async_nats::Message) {
+    /// Routes one event that came through the subscription of `interest`.
+    pub fn handle(&mut self, interest: &Interest, message: &async_nats::Message) {
         let subject = message.subject.as_str();
         let payload = &message.payload;
         let Some(parsed) = Subject::parse(&self.prefix, subject) else {
             return;
         };
+        if !interest.carries(&parsed) {
+            // Another subscription of this node brings it too (ids that collide).
+            return;
+        }
         let presence_revision = message
             .headers
             .as_ref()
@@ -479,7 +490,7 @@ mod tests {
             message("events.player_left.q", Some("b.6")),
             message("chat.say.r", Some("a.3")),
         ];
-        restore_publish_order(&mut batch);
+        restore_publish_order(&mut batch, |message| message);
         let subjects: Vec<&str> = batch.iter().map(|m| m.subject.as_str()).collect();
         assert_eq!(
             subjects,

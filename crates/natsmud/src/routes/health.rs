@@ -25,6 +25,7 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
             "players_online": app.presence.roster().count(),
             "connected_players": app.manager.connected_count(),
             "nats_traffic": nats_traffic(&app.publisher.statistics()),
+            "nats_subscriptions": app.interests.subscription_count(),
             "uptime_secs": app.started.elapsed().as_secs(),
             "version": env!("CARGO_PKG_VERSION"),
         })),

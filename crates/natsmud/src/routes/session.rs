@@ -89,6 +89,24 @@ pub async fn attach(
             (stored_room, 0, None)
         }
     };
+    // This node listens to the room before the player is in it and before anyone hears of
+    // the arrival (see `realtime::interest`).
+    let sub_zone = app
+        .world
+        .room(room.as_str())
+        .unwrap_or_else(|| app.world.start())
+        .sub_zone
+        .clone();
+    let listening = match app.interests.want(&room, &sub_zone).await {
+        Ok(listening) => listening,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen to the player's room; refusing the login");
+            if presence != 0 {
+                let _ = app.presence.release(&account.id, presence).await;
+            }
+            return Err(ManagerError::Busy);
+        }
+    };
     let world = &app.world;
     let presence_model = &app.presence;
     let greeting = |arrival: crate::realtime::connection_manager::Arrival<'_>| {
@@ -127,6 +145,7 @@ pub async fn attach(
             return Err(error);
         }
     };
+    drop(listening);
     drop(turn);
     let entered_game = entered_game.unwrap_or(connected.entered_game);
     metrics::gauge!(telemetry::CONNECTIONS, "transport" => transport.as_str()).increment(1.0);
