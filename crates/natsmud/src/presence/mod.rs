@@ -502,7 +502,13 @@ impl Presence {
                     .await
                     .map(|status| status.values() == 0)
                     .unwrap_or(false);
-                let mut entries = store.watch_all().await.map_err(|e| e.to_string())?;
+                // With history: every key's current value first, then changes. (`watch_all` brings
+                // changes only, so a node starting late, or watching again after a reconnect,
+                // would never learn of players who stay put.)
+                let mut entries = store
+                    .watch_with_history(">")
+                    .await
+                    .map_err(|e| e.to_string())?;
                 self.0.roster.reset();
                 *self.0.store.write().unwrap_or_else(|e| e.into_inner()) = Some(store);
                 if empty {
