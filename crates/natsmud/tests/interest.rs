@@ -1,0 +1,143 @@
+//! Interest-based subscriptions: a node listens to the rooms its players are in. A player
+//! arriving in a room its node never listened to hears what is said there right after the
+//! arrival, across NATS servers of a cluster; a room the node stopped listening to is
+//! listened to again when a player comes back.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{NatsCluster, Player, TestApp};
+use natsmud_protocol::{EventType, ServerFrame};
+
+/// Reads until a frame of `kind` (other frames are skipped).
+async fn until(player: &mut Player, kind: EventType) -> ServerFrame {
+    loop {
+        let frame = player.next_frame().await;
+        if frame.event_type == kind {
+            return frame;
+        }
+    }
+}
+
+/// A walk from `from` through rooms never visited twice: each step a direction and the
+/// room it leads to.
+fn walk(from: &str, steps: usize) -> Vec<(String, String)> {
+    let world = common::world();
+    let mut visited = BTreeSet::from([from.to_owned()]);
+    let mut here = from.to_owned();
+    let mut path = Vec::new();
+    while path.len() < steps {
+        let room = world.room(&here).unwrap();
+        let Some((direction, next)) = room
+            .exits
+            .iter()
+            .find(|(_, next)| !visited.contains(next.as_str()))
+        else {
+            break;
+        };
+        visited.insert(next.to_string());
+        path.push((direction.clone(), next.to_string()));
+        here = next.to_string();
+    }
+    path
+}
+
+async fn subscriptions(app: &TestApp) -> u64 {
+    app.get("/health").await.1["nats_subscriptions"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The arrival is published after the node subscribed to the room, on the same NATS
+/// connection, so whatever someone says on hearing of it comes back — even when the two
+/// nodes use different servers of a NATS cluster. Repeated in rooms the arriving
+/// player's node never listened to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_arriving_hears_what_is_said_on_their_arrival_across_a_nats_cluster() {
+    let cluster = NatsCluster::start(3).await;
+    let url_n = cluster.servers[0].url.clone();
+    let url_m = cluster.servers[1].url.clone();
+    let n = TestApp::spawn_with(move |config| config.nats_url = url_n).await;
+    let data_dir = n.data_dir.path().to_path_buf();
+    let m = TestApp::spawn_with(move |config| {
+        config.nats_url = url_m;
+        config.data_dir = data_dir;
+    })
+    .await;
+    let mut alice = n.join("Alice").await;
+    let bob_account = n.register("Bob").await;
+    let mut bob = m.connect(&bob_account).await;
+    bob.expect(EventType::GameState).await;
+    until(&mut alice, EventType::PlayerEnteredGame).await;
+
+    let path = walk(&alice.room, 12);
+    assert!(path.len() >= 6, "the world is too small for this test");
+    for (step, (direction, room)) in path.iter().enumerate() {
+        // Bob goes ahead; Alice follows into a room her node has not listened to.
+        let update = bob.reply(&format!("go {direction}")).await;
+        assert_eq!(update.room_id.as_deref(), Some(room.as_str()), "{update:?}");
+        until(&mut alice, EventType::PlayerLeft).await;
+        let update = alice.reply(&format!("go {direction}")).await;
+        assert_eq!(update.room_id.as_deref(), Some(room.as_str()), "{update:?}");
+        let arrival = until(&mut bob, EventType::PlayerEntered).await;
+        assert_eq!(arrival.data["player_name"], "Alice");
+        bob.reply(&format!("say welcome {step}")).await;
+        let heard = until(&mut alice, EventType::ChatMessage).await;
+        assert_eq!(heard.data["message"], format!("Bob says: welcome {step}"));
+    }
+}
+
+/// A room the node stopped listening to (nobody of its players there for a while) is
+/// listened to again when one of them comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_left_empty_is_unsubscribed_and_heard_again_on_return() {
+    let a = TestApp::spawn().await;
+    let nats_url = a.nats.url.clone();
+    let data_dir = a.data_dir.path().to_path_buf();
+    let b = TestApp::spawn_with(move |config| {
+        config.nats_url = nats_url;
+        config.data_dir = data_dir;
+    })
+    .await;
+    let mut alice = a.join("Alice").await;
+    let bob_account = a.register("Bob").await;
+    let mut bob = b.connect(&bob_account).await;
+    bob.expect(EventType::GameState).await;
+    until(&mut alice, EventType::PlayerEnteredGame).await;
+    let home = alice.room.clone();
+    let with_one_room = subscriptions(&a).await;
+
+    let (away, _) = common::some_exit(&home);
+    let there = alice.reply(&format!("go {away}")).await.room_id.unwrap();
+    until(&mut bob, EventType::PlayerLeft).await;
+    // Node A keeps the room a while, then lets it go: back to one room's subscriptions.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while subscriptions(&a).await > with_one_room {
+        assert!(
+            Instant::now() < deadline,
+            "node A never let the empty room go"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // What Bob says meanwhile is not for Alice.
+    bob.command("say nobody from node A hears this").await;
+    alice.expect_silence().await;
+
+    let back = common::world()
+        .room(&there)
+        .unwrap()
+        .exits
+        .iter()
+        .find(|(_, room)| room.as_str() == home)
+        .map(|(direction, _)| direction.clone())
+        .unwrap();
+    let update = alice.reply(&format!("go {back}")).await;
+    assert_eq!(update.room_id.as_deref(), Some(home.as_str()));
+    until(&mut bob, EventType::PlayerEntered).await;
+    bob.reply("say welcome back").await;
+    let heard = until(&mut alice, EventType::ChatMessage).await;
+    assert_eq!(heard.data["message"], "Bob says: welcome back");
+}
