@@ -16,18 +16,6 @@ use serde_json::json;
 
 const SECRET: &str = "test-secret-not-for-production";
 
-/// A second node of `first`'s world: the same NATS, the same database.
-async fn another_node(first: &TestApp, adjust: impl FnOnce(&mut natsmud::Config)) -> TestApp {
-    let nats_url = first.nats.url.clone();
-    let data_dir = first.data_dir.path().to_path_buf();
-    TestApp::spawn_with(move |config| {
-        config.nats_url = nats_url;
-        config.data_dir = data_dir;
-        adjust(config);
-    })
-    .await
-}
-
 /// The real binary as one more node of `first`'s world, with `extra` flags.
 fn binary_node(first: &TestApp, extra: &[&str]) -> (KillOnDrop, String) {
     let mut flags = vec![
@@ -49,16 +37,6 @@ async fn join_at(addr: &str, account: &common::Account) -> Player {
     player
 }
 
-/// Reads until a frame of `kind` (other frames are skipped).
-async fn until(player: &mut Player, kind: EventType) -> natsmud_protocol::ServerFrame {
-    loop {
-        let frame = player.next_frame().await;
-        if frame.event_type == kind {
-            return frame;
-        }
-    }
-}
-
 async fn settle(players: &mut [&mut Player]) {
     for player in players.iter_mut() {
         while player.next_within(common::QUIET).await.is_some() {}
@@ -68,7 +46,7 @@ async fn settle(players: &mut [&mut Player]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn players_on_different_nodes_share_one_world() {
     let a = TestApp::spawn().await;
-    let b = another_node(&a, |_| {}).await;
+    let b = a.another_node(|_| {}).await;
     let mut alice = a.join("Alice").await;
     let bob_account = a.register("Bob").await;
     let mut bob = b.connect(&bob_account).await;
@@ -100,11 +78,11 @@ async fn players_on_different_nodes_share_one_world() {
     // Moving into a room where a player of the other node stands lists them.
     let (direction, next) = common::some_exit(&alice.room);
     bob.reply(&format!("go {direction}")).await;
-    until(&mut alice, EventType::PlayerLeft).await;
+    alice.until(EventType::PlayerLeft).await;
     let carol_account = a.register("Carol").await;
     let mut carol = a.connect(&carol_account).await;
     carol.expect(EventType::GameState).await;
-    until(&mut alice, EventType::PlayerEnteredGame).await;
+    alice.until(EventType::PlayerEnteredGame).await;
     let update = carol.reply(&format!("go {direction}")).await;
     assert_eq!(update.event_type, EventType::RoomUpdate, "{update:?}");
     assert_eq!(update.room_id.as_deref(), Some(next.as_str()));
@@ -123,8 +101,8 @@ async fn a_node_started_late_knows_who_is_already_online() {
     let a = TestApp::spawn().await;
     let mut alice = a.join("Alice").await;
     let _bob = a.join("Bob").await;
-    until(&mut alice, EventType::PlayerEnteredGame).await;
-    let b = another_node(&a, |_| {}).await;
+    alice.until(EventType::PlayerEnteredGame).await;
+    let b = a.another_node(|_| {}).await;
     let carol_account = a.register("Carol").await;
     let mut carol = b.connect(&carol_account).await;
     let state = carol.expect(EventType::GameState).await;
@@ -138,12 +116,12 @@ async fn a_node_started_late_knows_who_is_already_online() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_on_another_node_replaces_the_first_connection() {
     let a = TestApp::spawn().await;
-    let b = another_node(&a, |_| {}).await;
+    let b = a.another_node(|_| {}).await;
     let mut bob = a.join("Bob").await;
     let alice_account = a.register("Alice").await;
     let mut first = a.connect(&alice_account).await;
     first.expect(EventType::GameState).await;
-    until(&mut bob, EventType::PlayerEnteredGame).await;
+    bob.until(EventType::PlayerEnteredGame).await;
 
     let mut second = b.connect(&alice_account).await;
     let state = second.expect(EventType::GameState).await;
@@ -158,7 +136,7 @@ async fn a_login_on_another_node_replaces_the_first_connection() {
     );
     second.command("say from the other node").await;
     assert_eq!(
-        until(&mut bob, EventType::ChatMessage).await.data["message"],
+        bob.until(EventType::ChatMessage).await.data["message"],
         "Alice says: from the other node"
     );
 }
@@ -167,7 +145,7 @@ async fn a_login_on_another_node_replaces_the_first_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_logins_racing_on_two_nodes_end_with_one_connection() {
     let a = TestApp::spawn().await;
-    let b = another_node(&a, |_| {}).await;
+    let b = a.another_node(|_| {}).await;
     let mut bob = a.join("Bob").await;
     let alice = a.register("Alice").await;
     for _ in 0..10 {
@@ -202,7 +180,7 @@ async fn two_logins_racing_on_two_nodes_end_with_one_connection() {
 async fn a_dead_nodes_players_leave_in_time_announced_exactly_once() {
     let ttl = ["--node-ttl-secs", "1"];
     let b = TestApp::spawn_with(|config| config.node_ttl_secs = 1).await;
-    let c = another_node(&b, |config| config.node_ttl_secs = 1).await;
+    let c = b.another_node(|config| config.node_ttl_secs = 1).await;
     let (mut doomed, addr) = binary_node(&b, &ttl);
     let mut bob = b.join("Bob").await;
     let dan_account = b.register("Dan").await;
@@ -215,7 +193,7 @@ async fn a_dead_nodes_players_leave_in_time_announced_exactly_once() {
     }
     for name in ["Dan", "Alice", "Carol"] {
         assert_eq!(
-            until(&mut bob, EventType::PlayerEnteredGame).await.data["player_name"],
+            bob.until(EventType::PlayerEnteredGame).await.data["player_name"],
             name
         );
     }
@@ -401,11 +379,7 @@ async fn a_nats_cluster_losing_a_server_keeps_serving() {
         config.node_ttl_secs = 2;
     })
     .await;
-    let mut alice = a.join("Alice").await;
-    let bob_account = a.register("Bob").await;
-    let mut bob = b.connect(&bob_account).await;
-    bob.expect(EventType::GameState).await;
-    until(&mut alice, EventType::PlayerEnteredGame).await;
+    let (mut alice, mut bob) = common::alice_and_bob(&a, &b).await;
 
     // Node A's server goes away. Recovery takes a JetStream election when that server led
     // the presence bucket (seconds); the bounds below are generous and the times are
@@ -436,7 +410,7 @@ async fn a_nats_cluster_losing_a_server_keeps_serving() {
     // Chat crosses, and ticks keep coming (one leader).
     alice.command("say still here").await;
     assert_eq!(
-        until(&mut bob, EventType::ChatMessage).await.data["message"],
+        bob.until(EventType::ChatMessage).await.data["message"],
         "Alice says: still here"
     );
     let tick = async |bob: &mut Player| loop {

@@ -9,18 +9,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{NatsCluster, Player, TestApp};
-use natsmud_protocol::{EventType, ServerFrame};
-
-/// Reads until a frame of `kind` (other frames are skipped).
-async fn until(player: &mut Player, kind: EventType) -> ServerFrame {
-    loop {
-        let frame = player.next_frame().await;
-        if frame.event_type == kind {
-            return frame;
-        }
-    }
-}
+use common::{NatsCluster, TestApp};
+use natsmud_protocol::EventType;
 
 /// A walk from `from` through rooms never visited twice: each step a direction and the
 /// room it leads to.
@@ -67,11 +57,7 @@ async fn a_player_arriving_hears_what_is_said_on_their_arrival_across_a_nats_clu
         config.data_dir = data_dir;
     })
     .await;
-    let mut alice = n.join("Alice").await;
-    let bob_account = n.register("Bob").await;
-    let mut bob = m.connect(&bob_account).await;
-    bob.expect(EventType::GameState).await;
-    until(&mut alice, EventType::PlayerEnteredGame).await;
+    let (mut alice, mut bob) = common::alice_and_bob(&n, &m).await;
 
     let path = walk(&alice.room, 12);
     assert!(path.len() >= 6, "the world is too small for this test");
@@ -79,13 +65,13 @@ async fn a_player_arriving_hears_what_is_said_on_their_arrival_across_a_nats_clu
         // Bob goes ahead; Alice follows into a room her node has not listened to.
         let update = bob.reply(&format!("go {direction}")).await;
         assert_eq!(update.room_id.as_deref(), Some(room.as_str()), "{update:?}");
-        until(&mut alice, EventType::PlayerLeft).await;
+        alice.until(EventType::PlayerLeft).await;
         let update = alice.reply(&format!("go {direction}")).await;
         assert_eq!(update.room_id.as_deref(), Some(room.as_str()), "{update:?}");
-        let arrival = until(&mut bob, EventType::PlayerEntered).await;
+        let arrival = bob.until(EventType::PlayerEntered).await;
         assert_eq!(arrival.data["player_name"], "Alice");
         bob.reply(&format!("say welcome {step}")).await;
-        let heard = until(&mut alice, EventType::ChatMessage).await;
+        let heard = alice.until(EventType::ChatMessage).await;
         assert_eq!(heard.data["message"], format!("Bob says: welcome {step}"));
     }
 }
@@ -95,24 +81,14 @@ async fn a_player_arriving_hears_what_is_said_on_their_arrival_across_a_nats_clu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_left_empty_is_unsubscribed_and_heard_again_on_return() {
     let a = TestApp::spawn().await;
-    let nats_url = a.nats.url.clone();
-    let data_dir = a.data_dir.path().to_path_buf();
-    let b = TestApp::spawn_with(move |config| {
-        config.nats_url = nats_url;
-        config.data_dir = data_dir;
-    })
-    .await;
-    let mut alice = a.join("Alice").await;
-    let bob_account = a.register("Bob").await;
-    let mut bob = b.connect(&bob_account).await;
-    bob.expect(EventType::GameState).await;
-    until(&mut alice, EventType::PlayerEnteredGame).await;
+    let b = a.another_node(|_| {}).await;
+    let (mut alice, mut bob) = common::alice_and_bob(&a, &b).await;
     let home = alice.room.clone();
     let with_one_room = subscriptions(&a).await;
 
     let (away, _) = common::some_exit(&home);
     let there = alice.reply(&format!("go {away}")).await.room_id.unwrap();
-    until(&mut bob, EventType::PlayerLeft).await;
+    bob.until(EventType::PlayerLeft).await;
     // Node A keeps the room a while, then lets it go: back to one room's subscriptions.
     let deadline = Instant::now() + Duration::from_secs(30);
     while subscriptions(&a).await > with_one_room {
@@ -136,8 +112,8 @@ async fn a_room_left_empty_is_unsubscribed_and_heard_again_on_return() {
         .unwrap();
     let update = alice.reply(&format!("go {back}")).await;
     assert_eq!(update.room_id.as_deref(), Some(home.as_str()));
-    until(&mut bob, EventType::PlayerEntered).await;
+    bob.until(EventType::PlayerEntered).await;
     bob.reply("say welcome back").await;
-    let heard = until(&mut alice, EventType::ChatMessage).await;
+    let heard = alice.until(EventType::ChatMessage).await;
     assert_eq!(heard.data["message"], "Bob says: welcome back");
 }

@@ -116,21 +116,12 @@ async fn malformed_events_on_nats_are_dropped_and_delivery_goes_on() {
     let mut alice = app.join("Alice").await;
     let nats = outside_client(&app.nats.url).await;
     let subject = format!("chat.say.{}", alice.room);
-    for junk in [&b"not json"[..], b"[1,2,3]", b"{\"no_event_type\":1}", b""] {
-        nats.publish(subject.clone(), junk.to_vec().into())
-            .await
-            .unwrap();
-    }
-    nats.publish(
-        format!("events.player_entered.{}", alice.room),
-        stranger_entering(&alice.room).to_bytes(),
-    )
-    .await
-    .unwrap();
-    nats.flush().await.unwrap();
-    let frame = alice.expect(EventType::PlayerEntered).await;
-    assert_eq!(frame.data["player_name"], "Stranger");
-    alice.expect_silence().await;
+    let junk: Vec<(String, Vec<u8>)> =
+        [&b"not json"[..], b"[1,2,3]", b"{\"no_event_type\":1}", b""]
+            .iter()
+            .map(|junk| (subject.clone(), junk.to_vec()))
+            .collect();
+    publish_then_one_for(&nats, &junk, &mut alice).await;
     assert_eq!(
         alice.ask("who").await.data["result"],
         "Players online (1): Alice"
@@ -240,14 +231,39 @@ async fn events_from_nats_are_checked_before_they_reach_a_socket() {
     }
 }
 
-fn invented_room_events(room: &str, count: usize) -> Vec<(String, Value)> {
+fn invented_room_events(room: &str, count: usize) -> Vec<(String, Vec<u8>)> {
     (0..count)
         .map(|n| {
             let mut invented = serde_json::to_value(stranger_entering(room)).unwrap();
             invented["room_id"] = json!(format!("invented_{n}"));
-            (format!("events.player_entered.invented_{n}"), invented)
+            let subject = format!("events.player_entered.invented_{n}");
+            (subject, invented.to_string().into_bytes())
         })
         .collect()
+}
+
+/// Publishes `events`, then a stranger's arrival in `player`'s room, and checks that the
+/// arrival, and nothing else, reaches the player.
+async fn publish_then_one_for(
+    nats: &async_nats::Client,
+    events: &[(String, Vec<u8>)],
+    player: &mut common::Player,
+) {
+    for (subject, payload) in events {
+        nats.publish(subject.clone(), payload.clone().into())
+            .await
+            .unwrap();
+    }
+    nats.publish(
+        format!("events.player_entered.{}", player.room),
+        stranger_entering(&player.room).to_bytes(),
+    )
+    .await
+    .unwrap();
+    nats.flush().await.unwrap();
+    let frame = player.expect(EventType::PlayerEntered).await;
+    assert_eq!(frame.data["player_name"], "Stranger");
+    player.expect_silence().await;
 }
 
 /// A node subscribes to the rooms its players are in: events for any other room, real or
@@ -268,24 +284,12 @@ async fn events_for_rooms_without_the_nodes_players_never_reach_it() {
     for _ in 0..500 {
         let mut elsewhere = serde_json::to_value(stranger_entering(&other_room)).unwrap();
         elsewhere["room_id"] = json!(other_room);
-        published.push((format!("events.player_entered.{other_room}"), elsewhere));
+        published.push((
+            format!("events.player_entered.{other_room}"),
+            elsewhere.to_string().into_bytes(),
+        ));
     }
-    for (subject, payload) in &published {
-        nats.publish(subject.clone(), payload.to_string().into())
-            .await
-            .unwrap();
-    }
-    nats.publish(
-        format!("events.player_entered.{}", alice.room),
-        stranger_entering(&alice.room).to_bytes(),
-    )
-    .await
-    .unwrap();
-    nats.flush().await.unwrap();
-
-    let frame = alice.expect(EventType::PlayerEntered).await;
-    assert_eq!(frame.data["player_name"], "Stranger");
-    alice.expect_silence().await;
+    publish_then_one_for(&nats, &published, &mut alice).await;
     let received = in_messages().await - received_before;
     // The one event for Alice's room, plus the node's own heartbeats and presence traffic.
     assert!(
@@ -308,21 +312,7 @@ async fn a_node_hearing_everything_refuses_rooms_the_world_lacks() {
         .metric("natsmud_events_rejected_total{reason=\"unknown_place\"}")
         .await;
     let invented = invented_room_events(&alice.room, 2000);
-    for (subject, payload) in &invented {
-        nats.publish(subject.clone(), payload.to_string().into())
-            .await
-            .unwrap();
-    }
-    nats.publish(
-        format!("events.player_entered.{}", alice.room),
-        stranger_entering(&alice.room).to_bytes(),
-    )
-    .await
-    .unwrap();
-    nats.flush().await.unwrap();
-    let frame = alice.expect(EventType::PlayerEntered).await;
-    assert_eq!(frame.data["player_name"], "Stranger");
-    alice.expect_silence().await;
+    publish_then_one_for(&nats, &invented, &mut alice).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     let wanted = before + invented.len() as f64;
     while app

@@ -688,3 +688,39 @@ impl NatsCluster {
         self.urls_from(0)
     }
 }
+
+impl Player {
+    /// Reads until a frame of `kind` (other frames are skipped).
+    pub async fn until(&mut self, kind: EventType) -> ServerFrame {
+        loop {
+            let frame = self.next_frame().await;
+            if frame.event_type == kind {
+                return frame;
+            }
+        }
+    }
+}
+
+impl TestApp {
+    /// Another node of this one's world: the same NATS, the same database.
+    pub async fn another_node(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let nats_url = self.nats.url.clone();
+        let data_dir = self.data_dir.path().to_path_buf();
+        TestApp::spawn_with(move |config| {
+            config.nats_url = nats_url;
+            config.data_dir = data_dir;
+            adjust(config);
+        })
+        .await
+    }
+}
+
+/// Alice playing on node `a` and Bob on node `b`, each having seen the other arrive.
+pub async fn alice_and_bob(a: &TestApp, b: &TestApp) -> (Player, Player) {
+    let mut alice = a.join("Alice").await;
+    let bob_account = a.register("Bob").await;
+    let mut bob = b.connect(&bob_account).await;
+    bob.expect(EventType::GameState).await;
+    alice.until(EventType::PlayerEnteredGame).await;
+    (alice, bob)
+}
