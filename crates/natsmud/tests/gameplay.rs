@@ -4,6 +4,8 @@
 
 mod common;
 
+use natsmud::realtime::SubscriptionMode;
+
 use common::{TestApp, some_exit, world};
 use natsmud_protocol::EventType;
 use serde_json::json;
@@ -541,11 +543,22 @@ async fn a_replaced_connection_never_moves_the_player_of_its_successor() {
     }
 }
 
-/// A room's events travel on `events.` and `chat.` subjects, which a node reads from two
-/// subscriptions; what one player does must still reach the others in the order done.
+/// A room's events travel on `events.` and `chat.` subjects; what one player does must
+/// reach the others in the order done, whether the node hears the room on one
+/// subscription (by interest) or on two (`--subscriptions all`, where the publish-order
+/// stamps restore it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_players_speech_and_moves_reach_each_room_in_the_order_done() {
-    let app = TestApp::spawn().await;
+    speech_and_moves_in_order(SubscriptionMode::Interest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_players_speech_and_moves_reach_each_room_in_the_order_done_hearing_everything() {
+    speech_and_moves_in_order(SubscriptionMode::All).await;
+}
+
+async fn speech_and_moves_in_order(mode: SubscriptionMode) {
+    let app = TestApp::spawn_with(|config| config.subscriptions = mode).await;
     let start = world().start_room.to_string();
     let (there, next) = some_exit(&start);
     let back = world()

@@ -507,8 +507,21 @@ async fn a_node_that_missed_events_while_cut_off_closes_its_players_with_events_
 /// the room in the order it was published, however many messages wait at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_across_both_subject_families_arrives_in_publish_order() {
+    burst_in_publish_order(natsmud::realtime::SubscriptionMode::Interest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_across_both_subject_families_arrives_in_publish_order_hearing_everything() {
+    burst_in_publish_order(natsmud::realtime::SubscriptionMode::All).await;
+}
+
+async fn burst_in_publish_order(mode: natsmud::realtime::SubscriptionMode) {
     // Room for the whole burst in Alice's queue: this is about order, not slow readers.
-    let app = TestApp::spawn_with(|config| config.outbound_queue = 8192).await;
+    let app = TestApp::spawn_with(|config| {
+        config.outbound_queue = 8192;
+        config.subscriptions = mode;
+    })
+    .await;
     let mut alice = app.join("Alice").await;
     let room = RoomId::parse(&alice.room).unwrap();
     let nats = outside_client(&app.nats.url).await;
