@@ -230,6 +230,29 @@ async fn the_schema_opens_again(store: &Store) {
     let _ = store.reopen().await;
 }
 
+/// With `sslmode=require` the store's connections to PostgreSQL are encrypted (rustls).
+#[tokio::test]
+async fn postgres_connections_can_use_tls() {
+    use sqlx::Connection;
+    let Some(server) = common::Postgres::start_tls("postgres_connections_can_use_tls") else {
+        return;
+    };
+    let url = format!("{}?sslmode=require", server.url);
+    let accounts = Accounts::open(&url).await.unwrap();
+    accounts
+        .create(&id("p1"), &name("Alice"), "x", &room("start"))
+        .await
+        .unwrap();
+    assert!(accounts.find_by_id("p1").await.unwrap().is_some());
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert!(encrypted);
+}
+
 /// Databases made before the migrations moved to `migrations/sqlite` still open: sqlx
 /// refuses a migration whose checksum (SHA-384 of its text) changed.
 #[tokio::test]

@@ -702,6 +702,15 @@ impl Postgres {
     /// Starts one, or returns `None` (saying so) when no PostgreSQL is installed here:
     /// `NATSMUD_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`.
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, false)
+    }
+
+    /// Starts one that also accepts TLS (a self-signed certificate made with `openssl`).
+    pub fn start_tls(test: &str) -> Option<Self> {
+        Self::start_with(test, true)
+    }
+
+    fn start_with(test: &str, tls: bool) -> Option<Self> {
         let Some(bin) = pg_bin() else {
             println!(
                 "{test}: skipped: no PostgreSQL binaries (run scripts/install-postgres, \
@@ -727,6 +736,31 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&initdb.stderr)
         );
+        if tls {
+            let made = as_owner(Command::new("openssl"), owner, dir.path())
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+                .arg(data.join("server.key"))
+                .arg("-out")
+                .arg(data.join("server.crt"))
+                .output()
+                .expect("openssl makes a certificate");
+            assert!(
+                made.status.success(),
+                "openssl failed: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+            // PostgreSQL refuses a key others can read.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+        }
+        let ssl = format!("ssl={}", if tls { "on" } else { "off" });
         // A port taken between choosing and binding it: choose again.
         for _ in 0..5 {
             let port = free_port();
@@ -737,7 +771,7 @@ impl Postgres {
                 .arg(&data)
                 .args(["-p", &port.to_string(), "-k"])
                 .arg(dir.path())
-                .args(["-c", "listen_addresses=127.0.0.1"])
+                .args(["-c", "listen_addresses=127.0.0.1", "-c", &ssl])
                 // A test's database need not survive a crash of the machine.
                 .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
                 .args(["-c", "full_page_writes=off", "-c", "shared_buffers=16MB"])
