@@ -125,3 +125,37 @@ async fn a_node_with_another_secret_says_so_on_postgres() {
     };
     a_node_with_another_secret_says_so(on_postgres(&pg).await, Some(&pg.url)).await;
 }
+
+/// A database that cannot be reached or is not supported stops the node at start, saying
+/// why, without printing the database password.
+#[test]
+fn an_unusable_database_url_fails_at_start_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = common::free_port();
+    for (url, why) in [
+        (
+            format!("postgres://natsmud:pw-hunter2@127.0.0.1:{closed}/mud"),
+            "Connection refused",
+        ),
+        (
+            "mysql://natsmud:pw-hunter2@127.0.0.1/mud".to_owned(),
+            "unsupported database URL",
+        ),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_natsmud"))
+            .args(["--bind", "127.0.0.1:0", "--database-url", &url])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(said.contains(why), "{said}");
+        assert!(said.contains("natsmud:***@127.0.0.1"), "{said}");
+        assert!(!said.contains("hunter2"), "{said}");
+    }
+}

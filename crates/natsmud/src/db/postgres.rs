@@ -1,10 +1,11 @@
 //! The store in PostgreSQL: nodes on several machines share accounts and rooms.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use natsmud_protocol::{PlayerId, PlayerName, RoomId};
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
 
 use super::{AccountRow, DbError, unique_violation_is_taken};
 
@@ -15,12 +16,16 @@ pub struct PgAccounts {
 
 impl PgAccounts {
     pub async fn open(url: &str) -> Result<Self, DbError> {
+        let options = PgConnectOptions::from_str(url)?;
+        // One connection first: a pool that cannot connect says only that it timed out, not
+        // why (refused, bad password, no such database).
+        PgConnection::connect_with(&options).await?.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             // A login waits at most this long for a connection rather than hanging while
             // the database is away.
             .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
+            .connect_with(options)
             .await?;
         // Nodes starting together migrate one at a time: sqlx holds an advisory lock.
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
