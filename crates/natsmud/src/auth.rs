@@ -401,6 +401,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A short fingerprint of the JWT secret, for nodes to compare secrets through the database
+/// without storing or showing the secret: the first 16 hex digits of SHA-256 over a fixed
+/// label and the secret (the label keeps it from matching any other use of the secret).
+pub fn secret_fingerprint(secret: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"natsmud jwt secret fingerprint v1\0")
+        .chain_update(secret)
+        .finalize();
+    hex(&digest[..8])
+}
+
 /// The configured secret, or the one kept in `data_dir/jwt_secret` (made on first start).
 pub fn load_or_create_secret(
     configured: Option<&str>,
@@ -450,6 +462,15 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+
+    #[test]
+    fn the_secret_fingerprint_is_short_stable_and_not_the_secret() {
+        let fingerprint = secret_fingerprint(b"hunter2");
+        assert_eq!(fingerprint.len(), 16);
+        assert!(fingerprint.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(fingerprint, secret_fingerprint(b"hunter2"));
+        assert_ne!(fingerprint, secret_fingerprint(b"hunter3"));
+    }
 
     #[tokio::test]
     async fn hashes_verify_with_the_cost_stored_in_them_and_match_argon2s_own() {

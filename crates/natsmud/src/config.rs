@@ -111,12 +111,14 @@ pub struct Config {
     #[arg(long, env = "NATSMUD_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 
-    /// SQLite database URL; defaults to `sqlite://{data_dir}/natsmud.db`.
-    #[arg(long, env = "NATSMUD_DATABASE_URL")]
+    /// Database URL: `sqlite://…` (one machine; the default is
+    /// `sqlite://{data_dir}/natsmud.db`) or `postgres://user:password@host/db` (nodes on
+    /// several machines share accounts and rooms; give them all the same --jwt-secret).
+    #[arg(long, env = "NATSMUD_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// Secret that signs access tokens (HS256). When unset, one is generated once and kept
-    /// in `{data_dir}/jwt_secret`.
+    /// Secret that signs access tokens (HS256); must be the same on every node. When unset,
+    /// one is generated once and kept in `{data_dir}/jwt_secret`.
     #[arg(long, env = "NATSMUD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
 

@@ -11,7 +11,8 @@
 //! - [`startup`]: [`startup::run`] takes a bound listener and a shutdown future (tests bind
 //!   port 0); it wires everything below together and drains on shutdown.
 //! - [`world`]: rooms, zones and sub-zones from JSON, validated at load.
-//! - [`db`] and [`auth`]: accounts in SQLite, argon2id passwords, JWT access tokens.
+//! - [`db`] and [`auth`]: accounts and rooms in SQLite or PostgreSQL, argon2id passwords,
+//!   JWT access tokens.
 //! - [`net`]: the accept loop: socket caps, timeouts and the write deadline every
 //!   connection (HTTP, WebSocket, SSE) inherits.
 //! - [`routes`]: HTTP (`/api/auth/*`, `/health`, `/metrics`, the web client), the WebSocket

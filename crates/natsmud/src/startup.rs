@@ -10,9 +10,9 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Passwords, Tokens, load_or_create_secret};
+use crate::auth::{Passwords, Tokens, load_or_create_secret, secret_fingerprint};
 use crate::config::{Config, Secret};
-use crate::db::{Accounts, RoomWriter};
+use crate::db::{Accounts, RoomWriter, SecretCheck};
 use crate::limits::{AuthLimiter, PlayerLimits};
 use crate::nats::Fatal;
 use crate::presence::Presence;
@@ -33,6 +33,8 @@ pub struct AppInner {
     pub node_id: String,
     pub world: Arc<World>,
     pub accounts: Accounts,
+    /// Whether this node signs tokens with the secret the other nodes use.
+    pub secret_check: SecretCheck,
     pub room_writer: RoomWriter,
     pub passwords: Passwords,
     pub tokens: Tokens,
@@ -88,13 +90,30 @@ pub async fn run(
     });
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let database = crate::db::redact_url(&config.database_url());
     let accounts = Accounts::open(&config.database_url())
         .await
-        .with_context(|| format!("cannot open database {}", config.database_url()))?;
+        .with_context(|| format!("cannot open database {database}"))?;
     let secret = load_or_create_secret(
         config.jwt_secret.as_ref().map(Secret::expose),
         &config.data_dir,
     )?;
+    let secret_check = accounts
+        .check_secret(&secret_fingerprint(&secret))
+        .await
+        .with_context(|| format!("cannot read the cluster's settings in {database}"))?;
+    // Served anyway: refusing would take this node down for what may be a deliberate
+    // rotation; the error and /health make the mistake plain.
+    if !secret_check.matches() {
+        tracing::error!(
+            ours = %secret_check.ours,
+            cluster = %secret_check.cluster,
+            database = %database,
+            "this node's JWT secret differs from the one the other nodes of this database use: \
+             tokens issued by other nodes will be refused here and this node's elsewhere; \
+             give every node the same NATSMUD_JWT_SECRET"
+        );
+    }
     let tokens = Tokens::new(&secret, Duration::from_secs(config.token_ttl_secs));
     let passwords = Passwords::from_config(&config)?;
     let auth_limiter = AuthLimiter::new(config.auth_per_minute);
@@ -188,6 +207,7 @@ pub async fn run(
         world = %world.name,
         rooms = world.room_count(),
         nats = %config.nats_url,
+        database = accounts.kind(),
         node = %node_id,
         "natsmud serving"
     );
@@ -197,6 +217,7 @@ pub async fn run(
         world,
         room_writer: RoomWriter::spawn(accounts.clone()),
         accounts,
+        secret_check,
         passwords,
         tokens,
         manager: manager.clone(),

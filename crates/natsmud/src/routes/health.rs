@@ -26,6 +26,8 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
             "connected_players": app.manager.connected_count(),
             "nats_traffic": nats_traffic(&app.publisher.statistics()),
             "nats_subscriptions": app.interests.subscription_count(),
+            "jwt_secret_matches_cluster": app.secret_check.matches(),
+            "jwt_secret_fingerprint": app.secret_check.ours,
             "uptime_secs": app.started.elapsed().as_secs(),
             "version": env!("CARGO_PKG_VERSION"),
         })),

@@ -724,3 +724,212 @@ pub async fn alice_and_bob(a: &TestApp, b: &TestApp) -> (Player, Player) {
     alice.until(EventType::PlayerEnteredGame).await;
     (alice, bob)
 }
+
+/// A PostgreSQL server of this test's own: `initdb` in a temporary directory, `postgres` on
+/// a free port of 127.0.0.1 (never the machine's own server), stopped and removed on drop.
+/// As root it runs as `nobody`, since PostgreSQL refuses to run as root.
+pub struct Postgres {
+    child: Child,
+    pub url: String,
+    dir: TempDir,
+}
+
+impl Postgres {
+    /// Starts one, or returns `None` (saying so) when no PostgreSQL is installed here:
+    /// `NATSMUD_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`.
+    pub fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, false)
+    }
+
+    /// Starts one that also accepts TLS (a self-signed certificate made with `openssl`).
+    pub fn start_tls(test: &str) -> Option<Self> {
+        Self::start_with(test, true)
+    }
+
+    fn start_with(test: &str, tls: bool) -> Option<Self> {
+        let Some(bin) = pg_bin() else {
+            println!(
+                "{test}: skipped: no PostgreSQL binaries (run scripts/install-postgres, \
+                 or set NATSMUD_PG_BIN)"
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let owner = pg_owner();
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let data = dir.path().join("data");
+        let initdb = as_owner(Command::new(bin.join("initdb")), owner, dir.path())
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"])
+            .args(["--no-sync", "--no-instructions"])
+            .output()
+            .unwrap();
+        assert!(
+            initdb.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&initdb.stderr)
+        );
+        if tls {
+            let made = as_owner(Command::new("openssl"), owner, dir.path())
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+                .arg(data.join("server.key"))
+                .arg("-out")
+                .arg(data.join("server.crt"))
+                .output()
+                .expect("openssl makes a certificate");
+            assert!(
+                made.status.success(),
+                "openssl failed: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+            // PostgreSQL refuses a key others can read.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+        }
+        let ssl = format!("ssl={}", if tls { "on" } else { "off" });
+        // A port taken between choosing and binding it: choose again.
+        for _ in 0..5 {
+            let port = free_port();
+            let log =
+                std::fs::File::create(dir.path().join(format!("postgres-{port}.log"))).unwrap();
+            let mut child = as_owner(Command::new(bin.join("postgres")), owner, dir.path())
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string(), "-k"])
+                .arg(dir.path())
+                .args(["-c", "listen_addresses=127.0.0.1", "-c", &ssl])
+                // A test's database need not survive a crash of the machine.
+                .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+                .args(["-c", "full_page_writes=off", "-c", "shared_buffers=16MB"])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                let ready = Command::new(bin.join("pg_isready"))
+                    .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+                    .arg(port.to_string())
+                    .status()
+                    .unwrap();
+                if ready.success() {
+                    return Some(Self {
+                        child,
+                        url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+                        dir,
+                    });
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let logs: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .collect();
+        panic!("postgres did not start: {}", logs.join("\n"));
+    }
+
+    /// Stops the server: a fast shutdown (SIGINT), so it leaves no shared memory behind.
+    pub fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn pg_bin() -> Option<PathBuf> {
+    let has_server = |dir: &Path| {
+        ["initdb", "postgres", "pg_isready"]
+            .iter()
+            .all(|b| dir.join(b).exists())
+    };
+    if let Ok(bin) = std::env::var("NATSMUD_PG_BIN")
+        && !bin.is_empty()
+    {
+        let bin = PathBuf::from(bin);
+        assert!(
+            has_server(&bin),
+            "NATSMUD_PG_BIN={} has no initdb, postgres and pg_isready",
+            bin.display()
+        );
+        return Some(bin);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_string_lossy().parse().ok()?;
+            Some((version, e.path().join("bin")))
+        })
+        .filter(|(_, bin)| has_server(bin))
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+/// Whom PostgreSQL runs as: `nobody` when the tests run as root, else the tests' own user.
+fn pg_owner() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok()? != 0 {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let fields: Vec<&str> = passwd
+        .lines()
+        .find(|line| line.starts_with("nobody:"))
+        .expect("a nobody user to run PostgreSQL as")
+        .split(':')
+        .collect();
+    Some((fields[2].parse().unwrap(), fields[3].parse().unwrap()))
+}
+
+fn as_owner(mut command: Command, owner: Option<(u32, u32)>, dir: &Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = owner {
+        command.uid(uid).gid(gid);
+    }
+    command.current_dir(dir);
+    command
+}
