@@ -61,13 +61,22 @@ pub fn comparison(s: &mut String, results: &[ScenarioResult], command: &str, not
         let _ = writeln!(s, "No such scenario succeeded in these results.\n");
         return;
     }
-    let _ = writeln!(s, "- **Report command:** `{command}`");
+    let _ = writeln!(s, "- **Report written by:** `{command}`");
     for r in &runs {
         let m = &r.provenance.machine;
+        // The scripts/bench line that reruns just this scenario as it ran.
         let _ = writeln!(
             s,
-            "- `{}`: commit `{}`, {}; {} cores ({}), {} GiB.",
-            r.name, r.provenance.commit, r.provenance.date, m.cpus, m.cpu_model, m.memory_gib
+            "- `{}`: `scripts/bench --only {} --duration {} --warmup {}`; commit `{}`, {}; {} cores ({}), {} GiB.",
+            r.name,
+            r.name,
+            r.load.duration,
+            r.load.warmup,
+            r.provenance.commit,
+            r.provenance.date,
+            m.cpus,
+            m.cpu_model,
+            m.memory_gib
         );
     }
     s.push('\n');
