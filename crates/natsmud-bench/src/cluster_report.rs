@@ -339,3 +339,74 @@ pub fn details(s: &mut String, r: &ScenarioResult, o: &RunOutcome, c: &ClusterFi
         c.window_secs
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster_probe::NodeTraffic;
+    use crate::load::{LoadArgs, Mode};
+    use crate::scenario::Subscriptions;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        load: LoadArgs,
+    }
+
+    fn result(mode: Subscriptions, per_node_in: f64, cpu_pct: f64) -> ScenarioResult {
+        let load = Args::parse_from(["x", "--players", "3000"]).load;
+        let name = format!("cluster-{}-3000", mode.name());
+        let mut r = ScenarioResult::new(name, Mode::Active, &load, false, 3);
+        r.status = "ok".into();
+        r.nats_servers = 3;
+        r.subscriptions = Some(mode);
+        let mut outcome = RunOutcome::default();
+        outcome.resources.server.cpu_pct_of_core = cpu_pct;
+        r.outcome = Some(outcome);
+        r.cluster = Some(ClusterFigures {
+            window_secs: 60.0,
+            nodes: (0..3)
+                .map(|k| NodeTraffic {
+                    name: format!("natsmud-{}", k + 1),
+                    in_per_sec: per_node_in,
+                    tick_leader: k == 0,
+                    ..NodeTraffic::default()
+                })
+                .collect(),
+            servers: Vec::new(),
+        });
+        r
+    }
+
+    #[test]
+    fn compares_interest_with_all_and_keeps_cluster_runs_out_of_the_standard_ones() {
+        let results = [
+            result(Subscriptions::All, 1000.0, 80.0),
+            result(Subscriptions::Interest, 250.0, 60.0),
+        ];
+        assert!(results.iter().all(|r| !r.is_standard()));
+        let mut s = String::new();
+        comparison(&mut s, &results, "scripts/bench", Some("### Notes\n"));
+        assert!(s.starts_with("## Three nodes, three NATS servers\n"), "{s}");
+        assert!(
+            s.contains("| natsmud-1: NATS messages received /s | 1,000 (ticks) | 250 (ticks) |"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "received 750 NATS messages/s together with `interest` and 3,000 with `all` (-75 %)"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("60 % of a core with `interest` and 80 % with `all` (-25 %)"),
+            "{s}"
+        );
+        assert!(s.trim_end().ends_with("### Notes"), "{s}");
+        assert_eq!(
+            shape(&results[1]),
+            ", 3 nodes on 3 clustered nats-servers, `--subscriptions interest`"
+        );
+    }
+}
