@@ -101,6 +101,10 @@ pub struct Inputs<'a> {
     pub boundary_us: u64,
     /// The game tick's period; 0 when unknown (then the ticks seen are the ticks expected).
     pub tick_interval_ms: u64,
+    /// Nodes the players were spread over, player `i` on node `i % nodes`. Above 1, room
+    /// events are also measured apart by whether sender and recipient share a node, and
+    /// ticks by the recipient's node.
+    pub nodes: usize,
 }
 
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -228,6 +232,19 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
     let mut h_presence = histogram();
     let mut h_global = histogram();
     let mut h_tick = histogram();
+    let nodes = input.nodes.max(1);
+    let node_of = |player: u32| player as usize % nodes;
+    // Room events whose sender's node is (same) or is not (cross) the recipient's.
+    let mut h_room_same = histogram();
+    let mut h_room_cross = histogram();
+    let mut h_tick_node: Vec<Histogram<u64>> = (0..nodes).map(|_| histogram()).collect();
+    let mut room_split = |actor: u32, recipient: u32, latency: u64| {
+        if node_of(actor) == node_of(recipient) {
+            h_room_same.saturating_record(latency);
+        } else {
+            h_room_cross.saturating_record(latency);
+        }
+    };
     let mut received: HashMap<EventKey, Vec<u32>> = HashMap::new();
     // The last receipt of each event: it was routed before then.
     let mut last_receipt: HashMap<EventKey, u64> = HashMap::new();
@@ -255,6 +272,7 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
                         if plan.in_window(m.sent_us) {
                             let lat = r.recv_us.saturating_sub(m.sent_us).max(1);
                             h_presence.saturating_record(lat);
+                            room_split(r.actor, r.recipient, lat);
                             let tag = if r.kind == Kind::Left { LEFT } else { ENTERED };
                             received
                                 .entry((tag, r.actor, m.n))
@@ -279,6 +297,9 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
                         (&mut h_global, GLOBAL)
                     };
                     h.saturating_record(latency);
+                    if r.kind == Kind::Say {
+                        room_split(r.actor, r.recipient, latency);
+                    }
                     received
                         .entry((tag, r.actor, r.key))
                         .or_default()
@@ -290,6 +311,7 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
             Kind::Tick => {
                 if plan.in_window(r.sent_us) {
                     h_tick.saturating_record(latency);
+                    h_tick_node[node_of(r.recipient)].saturating_record(latency);
                     tick_received
                         .entry(r.sent_us)
                         .or_default()
@@ -320,6 +342,16 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
         ("tick", &h_tick),
     ] {
         out.latency.insert(name.to_owned(), summarize(h));
+    }
+    if nodes > 1 {
+        out.latency
+            .insert("room_event_same_node".into(), summarize(&h_room_same));
+        out.latency
+            .insert("room_event_cross_node".into(), summarize(&h_room_cross));
+        for (k, h) in h_tick_node.iter().enumerate() {
+            out.latency
+                .insert(format!("tick_node_{}", k + 1), summarize(h));
+        }
     }
 
     // Replay rooms over time and compare expected with received recipients.
@@ -708,7 +740,30 @@ mod tests {
             plan: plan(),
             boundary_us: S,
             tick_interval_ms: tick_ms,
+            nodes: 1,
         })
+    }
+
+    #[test]
+    fn room_events_and_ticks_are_measured_apart_by_node() {
+        let (players, sent, receipts) = scene();
+        // Two nodes: players 0 and 2 on node 1, player 1 on node 2.
+        let a = analyse(&Inputs {
+            players: &players,
+            sent: &sent,
+            receipts: &receipts,
+            plan: plan(),
+            boundary_us: S,
+            tick_interval_ms: 0,
+            nodes: 2,
+        });
+        // 0 leaves past 1 (across), enters past 2 (same node); 2 speaks to 0 (same node).
+        assert_eq!(a.latency["room_event_same_node"].count, 2);
+        assert_eq!(a.latency["room_event_cross_node"].count, 1);
+        assert_eq!(a.latency["tick_node_1"].count, 2);
+        assert_eq!(a.latency["tick_node_2"].count, 1);
+        let single = run(&players, &sent, &receipts, 0);
+        assert!(!single.latency.contains_key("room_event_cross_node"));
     }
 
     #[test]

@@ -140,7 +140,8 @@ pub struct Target {
     /// Base URLs, e.g. `http://127.0.0.1:8080`; player `i` uses `servers[i % len]`.
     pub servers: Vec<String>,
     pub server_pids: Vec<u32>,
-    pub nats_pid: Option<u32>,
+    /// nats-server processes by name (one, or a cluster's members).
+    pub nats_pids: Vec<(String, u32)>,
     pub world: PathBuf,
     /// The servers' SQLite account database, for `--placement database`.
     pub database: Option<PathBuf>,
@@ -336,8 +337,8 @@ pub async fn coordinate(
     for (i, pid) in target.server_pids.iter().enumerate() {
         tracker.add("server", &format!("natsmud-{}", i + 1), *pid);
     }
-    if let Some(pid) = target.nats_pid {
-        tracker.add("nats", "nats-server", pid);
+    for (name, pid) in &target.nats_pids {
+        tracker.add("nats", name, *pid);
     }
     tracker.add("generator", "coordinator", std::process::id());
     let rss_before = tracker.sum_rss("server");
@@ -553,6 +554,7 @@ pub async fn coordinate(
     }
     let boundary_us = args.boundary_ms * 1000;
     let tick_interval_ms = args.tick_interval_ms;
+    let nodes = target.servers.len();
     outcome.analysis = tokio::task::spawn_blocking(move || {
         analyse(&Inputs {
             players: &all_players,
@@ -561,6 +563,7 @@ pub async fn coordinate(
             plan,
             boundary_us,
             tick_interval_ms,
+            nodes,
         })
     })
     .await

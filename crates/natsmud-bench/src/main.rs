@@ -15,11 +15,14 @@ mod analysis;
 mod auth_report;
 mod auth_wave;
 mod clock;
+mod cluster_probe;
+mod cluster_report;
 mod crowd;
 mod crowd_figures;
 mod crowd_report;
 mod floor;
 mod load;
+mod nats_cluster;
 mod players;
 mod procs;
 mod proto;
@@ -138,7 +141,11 @@ async fn external(args: ExternalArgs, mode: Mode) -> Result<()> {
             .map(|s| s.trim_end_matches('/').to_owned())
             .collect(),
         server_pids: args.server_pids.clone(),
-        nats_pid: args.nats_pid,
+        nats_pids: args
+            .nats_pid
+            .map(|pid| ("nats-server".to_owned(), pid))
+            .into_iter()
+            .collect(),
         world: args.world.clone(),
         database: args.database.clone(),
     };

@@ -188,7 +188,7 @@ pub fn write(args: &ReportArgs) -> Result<()> {
         }
     }
     // Active scenarios first, then idle, each kind by players; the other shapes after them.
-    results.sort_by_key(|r| (!r.mode.is_standard(), r.mode != Mode::Active, r.players));
+    results.sort_by_key(|r| (!r.is_standard(), r.mode != Mode::Active, r.players));
     std::fs::create_dir_all(&args.plots)?;
     let plots = match plot_all(&results, &args.plots) {
         Ok(p) => p,
@@ -310,7 +310,7 @@ fn render_floor(floor: &FloorResult, results: &[ScenarioResult]) -> String {
     );
     // The floor bounds the standard fan-outs; a crowd's ticks reach 100 sockets busy with
     // its own bursts, which is another question.
-    for r in results.iter().filter(|r| ok(r) && r.mode.is_standard()) {
+    for r in results.iter().filter(|r| ok(r) && r.is_standard()) {
         let Some(tick) = r
             .outcome
             .as_ref()
@@ -358,7 +358,11 @@ pub(crate) fn verdict(pass: Option<bool>) -> &'static str {
 }
 
 fn targets(results: &[ScenarioResult]) -> Vec<Target<'static>> {
-    let good: Vec<&ScenarioResult> = results.iter().filter(|r| ok(r)).collect();
+    // The targets are the standard shape's: one nats-server.
+    let good: Vec<&ScenarioResult> = results
+        .iter()
+        .filter(|r| ok(r) && r.nats_servers <= 1)
+        .collect();
     let active: Vec<&&ScenarioResult> = good.iter().filter(|r| r.mode == Mode::Active).collect();
     let idle: Vec<&&ScenarioResult> = good.iter().filter(|r| r.mode == Mode::Idle).collect();
     let mut out = Vec::new();
@@ -554,8 +558,9 @@ fn render(
             "- **Processes:** the open-files limit ({}) is a hard limit here and cannot be raised \
              (no CAP_SYS_RESOURCE), so one process holds at most about 19,900 sockets. Scenarios \
              above {} players per process therefore run several natsmud nodes sharing one \
-             nats-server and one data directory (one of them, the holder of the tick lease, \
-             publishes the game tick; every event reaches every node through NATS{}), \
+             nats-server and one account database (one of them, the holder of the tick lease, \
+             publishes the game tick; each node receives through NATS the events its players can \
+             see{}), \
              and several load-generator processes. Each scenario says how many.\n",
             m.open_files_limit.map_or("unknown".into(), thousands),
             thousands(u64::from(r.load.per_process)),
@@ -583,7 +588,7 @@ fn render(
     }
     s.push('\n');
 
-    let standard: Vec<&ScenarioResult> = results.iter().filter(|r| r.mode.is_standard()).collect();
+    let standard: Vec<&ScenarioResult> = results.iter().filter(|r| r.is_standard()).collect();
     let _ = writeln!(s, "## Overview\n");
     if standard.is_empty() {
         let _ = writeln!(
@@ -601,7 +606,14 @@ fn render(
         }
     }
 
+    let mut compared = false;
     for r in results {
+        if r.nats_servers > 1 && !compared {
+            // Hand-written observations on the cluster runs, kept beside their results.
+            let notes = std::fs::read_to_string(args.plots.join("cluster-notes.md")).ok();
+            crate::cluster_report::comparison(&mut s, results, &args.command, notes.as_deref());
+            compared = true;
+        }
         scenario_section(&mut s, r);
     }
     method(&mut s);
@@ -682,9 +694,10 @@ fn scenario_section(s: &mut String, r: &ScenarioResult) {
     };
     let _ = writeln!(
         s,
-        "## Scenario `{}`: {} players, {mode}{}\n",
+        "## Scenario `{}`: {} players, {mode}{}{}\n",
         r.name,
         thousands(u64::from(r.players)),
+        crate::cluster_report::shape(r),
         if r.quick { " (quick run)" } else { "" }
     );
     provenance_lines(s, r);
@@ -736,6 +749,14 @@ fn scenario_section(s: &mut String, r: &ScenarioResult) {
             "room_event",
             "room events (say + presence), command sent → received",
         ),
+        (
+            "room_event_same_node",
+            "room events, sender and recipient on the same node",
+        ),
+        (
+            "room_event_cross_node",
+            "room events across nodes (sender on another node)",
+        ),
         ("say", "`say` → each listener"),
         (
             "presence",
@@ -762,6 +783,9 @@ fn scenario_section(s: &mut String, r: &ScenarioResult) {
     deliveries(s, r, o);
     frame_checks(s, o);
     resources_table(s, o);
+    if let Some(c) = &r.cluster {
+        crate::cluster_report::details(s, r, o, c);
+    }
     if let Some(m) = &o.idle_memory {
         let _ = writeln!(
             s,
@@ -798,9 +822,14 @@ pub(crate) fn failed_line(s: &mut String, r: &ScenarioResult) {
 pub(crate) fn processes_line(s: &mut String, r: &ScenarioResult, st: &crate::load::Setup) {
     let _ = writeln!(
         s,
-        "- **Processes:** {} natsmud node(s) ({} publishing ticks every 10 s), 1 nats-server ({}), {} load-generator worker process(es) plus the coordinator; client sockets bound to {} loopback source addresses.",
+        "- **Processes:** {} natsmud node(s) ({} publishing ticks every 10 s), {} ({}), {} load-generator worker process(es) plus the coordinator; client sockets bound to {} loopback source addresses.",
         r.nodes,
         r.ticking_nodes,
+        if r.nats_servers > 1 {
+            format!("{} nats-servers in one cluster", r.nats_servers)
+        } else {
+            "1 nats-server".to_owned()
+        },
         if r.nats_server_version.is_empty() {
             "version unknown"
         } else {
@@ -1062,7 +1091,7 @@ fn plot_all(results: &[ScenarioResult], dir: &Path) -> Result<Vec<(String, Strin
         .map_err(|_| anyhow!("the font could not be read"))?;
     let good: Vec<&ScenarioResult> = results
         .iter()
-        .filter(|r| ok(r) && r.mode.is_standard())
+        .filter(|r| ok(r) && r.is_standard())
         .collect();
     let mut active: Vec<&&ScenarioResult> =
         good.iter().filter(|r| r.mode == Mode::Active).collect();

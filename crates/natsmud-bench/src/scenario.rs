@@ -1,7 +1,7 @@
 //! One benchmark scenario from scratch: a fresh directory, the generated world, a fresh
-//! nats-server, fresh natsmud node(s) sharing it and one data directory, the load run, and
-//! everything stopped again — also on error, and on Ctrl-C (every child is killed when
-//! dropped).
+//! nats-server (or NATS cluster), fresh natsmud node(s) sharing one account database, the
+//! load run, and everything stopped again — also on error, and on Ctrl-C (every child is
+//! killed when dropped).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -71,6 +71,13 @@ pub struct ScenarioArgs {
     /// default.
     #[arg(long)]
     pub node_worker_threads: Option<u32>,
+    /// nats-servers. Above 1 they form a cluster on loopback, node k talks to server
+    /// k % N, and natsmud keeps N replicas of its presence data.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]
+    pub nats_servers: u16,
+    /// `natsmud --subscriptions` for every node; unset: natsmud's default.
+    #[arg(long, value_enum)]
+    pub subscriptions: Option<Subscriptions>,
     /// Extra flag for every node (repeatable), e.g. `--server-arg=--outbound-queue=512`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
@@ -80,6 +87,25 @@ pub struct ScenarioArgs {
     pub crowd: crate::crowd::CrowdArgs,
     #[command(flatten)]
     pub auth: crate::auth_wave::AuthArgs,
+}
+
+/// What a node subscribes to on NATS (`natsmud --subscriptions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Subscriptions {
+    /// The rooms and sub-zones where the node has players.
+    Interest,
+    /// The whole world's events.
+    All,
+}
+
+impl Subscriptions {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Interest => "interest",
+            Self::All => "all",
+        }
+    }
 }
 
 /// One scenario's results file.
@@ -94,6 +120,13 @@ pub struct ScenarioResult {
     pub error: Option<String>,
     pub provenance: Provenance,
     pub nodes: usize,
+    /// nats-servers (a cluster when above 1); 0 in results written before it was noted,
+    /// which all had one.
+    #[serde(default)]
+    pub nats_servers: usize,
+    /// `--subscriptions` given to the nodes; none: natsmud's default.
+    #[serde(default)]
+    pub subscriptions: Option<Subscriptions>,
     /// Nodes publishing the game tick (one: the holder of the tick lease).
     pub ticking_nodes: usize,
     pub server_flags: Vec<String>,
@@ -108,6 +141,9 @@ pub struct ScenarioResult {
     /// The login wave's figures (`--mode auth`), which has no load-generator run.
     #[serde(default)]
     pub auth: Option<crate::auth_wave::AuthOutcome>,
+    /// What each node received from NATS and each nats-server carried (several nodes).
+    #[serde(default)]
+    pub cluster: Option<crate::cluster_probe::ClusterFigures>,
 }
 
 impl ScenarioResult {
@@ -121,6 +157,8 @@ impl ScenarioResult {
             error: None,
             provenance: Provenance::here(),
             nodes,
+            nats_servers: 1,
+            subscriptions: None,
             ticking_nodes: 1,
             server_flags: Vec::new(),
             server_flags_missing: Vec::new(),
@@ -129,7 +167,14 @@ impl ScenarioResult {
             outcome: None,
             crowd: None,
             auth: None,
+            cluster: None,
         }
+    }
+
+    /// One of the standard workload's scenarios on the standard shape (one nats-server),
+    /// which the report's overview, plots and targets compare with one another.
+    pub fn is_standard(&self) -> bool {
+        self.mode.is_standard() && self.nats_servers <= 1
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
@@ -237,13 +282,18 @@ async fn start_nats(bin: &Path, dir: &Path, pid_file: &Path) -> Result<(Managed,
     }
 }
 
-/// A fresh nats-server and natsmud node(s) sharing it and one data directory. Dropping it
-/// kills them all; [`Stack::stop`] asks them to stop first.
+/// A fresh nats-server (or NATS cluster) and natsmud node(s) sharing one account database.
+/// Dropping it kills them all; [`Stack::stop`] asks them to stop first.
 pub struct Stack {
-    pub nats: Managed,
+    /// One nats-server, or the members of the cluster (s1…sN).
+    pub nats: Vec<Managed>,
+    /// Monitoring base URLs of the cluster's servers (none for a single server).
+    pub nats_monitors: Vec<String>,
     pub nodes: Vec<Managed>,
     /// Base URLs of the nodes, e.g. `http://127.0.0.1:8080`.
     pub servers: Vec<String>,
+    /// The NATS URL each node was given.
+    pub node_nats_urls: Vec<String>,
     pub world_dir: PathBuf,
     pub data_dir: PathBuf,
     /// Where every process started for the scenario is noted (see [`Managed::spawn`]).
@@ -259,7 +309,7 @@ impl Stack {
         Target {
             servers: self.servers.clone(),
             server_pids: self.node_pids(),
-            nats_pid: Some(self.nats.pid),
+            nats_pids: self.nats.iter().map(|n| (n.name.clone(), n.pid)).collect(),
             world: self.world_dir.clone(),
             database: Some(self.data_dir.join("natsmud.db")),
         }
@@ -269,7 +319,9 @@ impl Stack {
         for node in self.nodes {
             node.stop(Duration::from_secs(15)).await;
         }
-        self.nats.stop(Duration::from_secs(5)).await;
+        for nats in self.nats {
+            nats.stop(Duration::from_secs(5)).await;
+        }
     }
 }
 
@@ -282,8 +334,8 @@ pub fn fresh_work_dir(work: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `world` into the scenario's directory and starts nats-server and
-/// `result.nodes` natsmud node(s) on it with those of `wanted` flags this natsmud has,
+/// Writes `world` into the scenario's directory and starts nats-server (or a cluster of
+/// `--nats-servers`) and `result.nodes` natsmud node(s) on it with those of `wanted` flags this natsmud has,
 /// noting in `result` the flags and the nats-server version.
 pub async fn start_stack(
     args: &ScenarioArgs,
@@ -292,6 +344,8 @@ pub async fn start_stack(
     wanted: &[(&str, &str)],
 ) -> Result<Stack> {
     let work = &args.work_dir;
+    result.nats_servers = usize::from(args.nats_servers);
+    result.subscriptions = args.subscriptions;
     let pid_file = work.join("pids");
     let world_dir = work.join("world");
     let data_dir = work.join("data");
@@ -321,26 +375,58 @@ pub async fn start_stack(
         );
     }
 
-    let (nats, nats_url) = start_nats(&args.nats_server, &work.join("nats"), &pid_file).await?;
+    let (nats, nats_urls, nats_monitors) = if args.nats_servers > 1 {
+        let cluster = crate::nats_cluster::start(
+            &args.nats_server,
+            &work.join("nats"),
+            usize::from(args.nats_servers),
+            &pid_file,
+        )
+        .await?;
+        (cluster.servers, cluster.urls, cluster.monitors)
+    } else {
+        let (nats, url) = start_nats(&args.nats_server, &work.join("nats"), &pid_file).await?;
+        (vec![nats], vec![url], Vec::new())
+    };
+    // Flags every node shares beyond SERVER_FLAGS, noted with them in the results.
+    let mut shared: Vec<String> = Vec::new();
+    if args.nats_servers > 1 {
+        shared.push(format!("--nats-replicas={}", args.nats_servers));
+    }
+    if let Some(mode) = args.subscriptions {
+        shared.push(format!("--subscriptions={}", mode.name()));
+    }
+    result.server_flags.extend(shared.iter().cloned());
     let secret: String = (0..32)
         .map(|_| format!("{:02x}", rand::rng().random::<u8>()))
         .collect();
+    // One account database for every node (a player registered through one logs in at
+    // any); each node keeps its own data directory.
+    let database_url = format!("sqlite://{}", data_dir.join("natsmud.db").display());
     let mut nodes: Vec<Managed> = Vec::new();
     let mut servers = Vec::new();
+    let mut node_nats_urls = Vec::new();
     for k in 0..result.nodes {
         let port = free_port()?;
+        let nats_url = &nats_urls[k % nats_urls.len()];
+        let node_dir = data_dir.join(format!("node-{}", k + 1));
+        std::fs::create_dir_all(&node_dir)?;
         let mut command = Command::new(&args.natsmud);
         command
             .args(["--bind", &format!("127.0.0.1:{port}")])
-            .args(["--nats-url", &nats_url])
+            .args(["--nats-url", nats_url])
+            .args(["--node-id", &format!("node-{}", k + 1)])
             .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--jwt-secret", &secret])
+            .arg(&node_dir)
+            .args(["--database-url", &database_url])
+            // In the environment rather than on the command line, which /proc shows to all.
+            .env("NATSMUD_JWT_SECRET", &secret)
             .arg("--world")
             .arg(&world_dir)
             // Every node knows the world's tick; the one holding the tick lease publishes it.
             .args(["--tick-interval-ms", "10000"])
             .args(&flags)
+            .args(&shared)
             .args(&args.server_args);
         let log = work.join("logs").join(format!("natsmud-{}.log", k + 1));
         let mut node = Managed::spawn(
@@ -357,19 +443,23 @@ pub async fn start_stack(
         }
         nodes.push(node);
         servers.push(url);
+        node_nats_urls.push(nats_url.clone());
     }
     for (node, url) in nodes.iter_mut().zip(&servers).skip(1) {
         wait_healthy(node, url).await?;
     }
     eprintln!(
-        "bench: nats-server ({}) and {} natsmud node(s) up",
+        "bench: {} nats-server(s) ({}) and {} natsmud node(s) up",
+        nats.len(),
         result.nats_server_version,
         nodes.len()
     );
     Ok(Stack {
         nats,
+        nats_monitors,
         nodes,
         servers,
+        node_nats_urls,
         world_dir,
         data_dir,
         pid_file,
@@ -387,6 +477,14 @@ pub async fn run(args: &ScenarioArgs, result: &mut ScenarioResult) -> Result<()>
     fresh_work_dir(&args.work_dir)?;
     let generated = world::generate(args.load.players as usize, args.load.seed);
     let stack = start_stack(args, result, &generated, SERVER_FLAGS).await?;
+    // Per-node NATS traffic matters once there are several nodes to compare.
+    let probe = (stack.nodes.len() > 1 || stack.nats.len() > 1).then(|| {
+        crate::cluster_probe::Probe::start(
+            stack.servers.clone(),
+            stack.node_nats_urls.clone(),
+            stack.nats_monitors.clone(),
+        )
+    });
     let outcome = coordinate(
         &args.load,
         args.mode,
@@ -395,6 +493,14 @@ pub async fn run(args: &ScenarioArgs, result: &mut ScenarioResult) -> Result<()>
         &stack.pid_file,
     )
     .await;
+    if let Some(probe) = probe {
+        let probed = probe.finish().await;
+        if let Ok(outcome) = &outcome
+            && let Some(plan) = &outcome.plan
+        {
+            result.cluster = crate::cluster_probe::figures(&probed, plan);
+        }
+    }
     stack.stop().await;
     result.outcome = Some(outcome?);
     result.status = "ok".into();
