@@ -141,6 +141,8 @@ pub struct TestApp {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     http: reqwest::Client,
+    /// With `NATSMUD_TEST_DATABASE=postgres`: the PostgreSQL of this test's own.
+    postgres: Option<Postgres>,
 }
 
 impl TestApp {
@@ -169,6 +171,15 @@ impl TestApp {
         config.max_connections_per_ip = 0;
         config.password_hash_memory_kib = 64;
         config.password_hash_iterations = 1;
+        // scripts/test runs the gameplay and auth suites a second time on PostgreSQL.
+        let postgres =
+            (std::env::var("NATSMUD_TEST_DATABASE").as_deref() == Ok("postgres")).then(|| {
+                Postgres::start("NATSMUD_TEST_DATABASE=postgres")
+                    .expect("NATSMUD_TEST_DATABASE=postgres needs PostgreSQL's binaries")
+            });
+        if let Some(postgres) = &postgres {
+            config.database_url = Some(postgres.url.clone());
+        }
         adjust(&mut config);
         let mut app = Self {
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -183,6 +194,7 @@ impl TestApp {
                 .pool_idle_timeout(Duration::from_secs(5))
                 .build()
                 .unwrap(),
+            postgres,
         };
         app.start().await;
         app
@@ -706,9 +718,11 @@ impl TestApp {
     pub async fn another_node(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
         let nats_url = self.nats.url.clone();
         let data_dir = self.data_dir.path().to_path_buf();
+        let database_url = self.config.database_url.clone();
         TestApp::spawn_with(move |config| {
             config.nats_url = nats_url;
             config.data_dir = data_dir;
+            config.database_url = database_url;
             adjust(config);
         })
         .await
