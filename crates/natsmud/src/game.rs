@@ -22,6 +22,11 @@ use crate::realtime::connection_manager::ConnectionHandle;
 use crate::realtime::{CloseReason, ConnectionManager, EventPublisher, Interests, PublishError};
 use crate::world::{Room, World};
 
+/// How long a player entering a place this node just started listening to waits for the
+/// presence watch to catch up before the room's occupants are listed: usually a
+/// millisecond or two; past it they are listed as the roster has them.
+pub const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What the game logic uses of the server.
 #[derive(Clone, Copy)]
 pub struct Game<'a> {
@@ -274,7 +279,7 @@ impl Session<'_> {
         };
         // This node listens to the new room before the player is in it and before anyone
         // hears of the arrival (see `realtime::interest`).
-        let _listening = self
+        let listening = self
             .game
             .interests
             .want(&to.id, &to.sub_zone)
@@ -348,6 +353,9 @@ impl Session<'_> {
         }
         if let Some(revision) = revision {
             self.conn.set_presence_revision(revision);
+            if listening.fresh() {
+                self.game.presence.caught_up(revision, CATCH_UP_WAIT).await;
+            }
         }
 
         // The move stands now. In the new room at once (the `room_update` queued behind a

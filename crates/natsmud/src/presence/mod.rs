@@ -166,6 +166,8 @@ struct Inner {
     /// when it is back, so other nodes' players do not keep a ghost.
     unannounced: std::sync::Mutex<Vec<Departure>>,
     heartbeat: AtomicU64,
+    /// The newest bucket revision the watch has applied to the roster (0 after a restart).
+    watched: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Presence {
@@ -210,6 +212,7 @@ impl Presence {
             lease_free: tokio::sync::Notify::new(),
             unannounced: std::sync::Mutex::new(Vec::new()),
             heartbeat: AtomicU64::new(0),
+            watched: tokio::sync::watch::Sender::new(0),
         }))
     }
 
@@ -219,6 +222,21 @@ impl Presence {
 
     pub fn roster(&self) -> &Roster {
         &self.0.roster
+    }
+
+    /// Waits (at most `wait`) until the roster holds every bucket write up to `revision`,
+    /// this node's own write included. A node that just started listening to a room has
+    /// heard none of its earlier arrivals and departures as events: what it lists there must
+    /// come from the watch, and everything written before its own write is in the roster
+    /// once the watch has passed that write.
+    pub async fn caught_up(&self, revision: u64, wait: Duration) -> bool {
+        if revision == 0 {
+            return true;
+        }
+        let mut watched = self.0.watched.subscribe();
+        tokio::time::timeout(wait, watched.wait_for(|seen| *seen >= revision))
+            .await
+            .is_ok_and(|seen| seen.is_ok())
     }
 
     pub fn is_tick_leader(&self) -> bool {
@@ -510,6 +528,7 @@ impl Presence {
                     .await
                     .map_err(|e| e.to_string())?;
                 self.0.roster.reset();
+                self.0.watched.send_replace(0);
                 *self.0.store.write().unwrap_or_else(|e| e.into_inner()) = Some(store);
                 if empty {
                     self.0.roster.set_current();
@@ -610,6 +629,13 @@ impl Presence {
         if entry.seen_current {
             self.0.roster.set_current();
         }
+        self.0.watched.send_if_modified(|seen| {
+            let newer = entry.revision > *seen;
+            if newer {
+                *seen = entry.revision;
+            }
+            newer
+        });
     }
 
     /// Keeps this node's heartbeat key alive. If it was lost (this node stalled past its

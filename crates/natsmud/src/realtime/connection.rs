@@ -160,6 +160,13 @@ impl CloseReason {
         reason: "server full; try again later",
         drain: true,
     };
+    /// The login could not be completed now (NATS would not take what it needed, or
+    /// another login of the same player was racing it).
+    pub const BUSY: Self = Self {
+        code: 1013,
+        reason: "busy; try again",
+        drain: true,
+    };
     pub const REPLACED: Self = Self {
         code: 4001,
         reason: "logged in from another connection",

@@ -78,11 +78,28 @@ pub struct Interests {
 
 /// Keeps the places a player is entering subscribed until it is in them.
 #[derive(Default)]
-pub struct Wanted(Vec<Arc<AtomicUsize>>);
+pub struct Wanted {
+    pending: Vec<Arc<AtomicUsize>>,
+    fresh: bool,
+}
+
+impl Wanted {
+    /// Whether this node just started listening to one of the places: it has heard none
+    /// of their earlier events, so what it knows of them comes from the presence watch.
+    pub fn fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Holds `other`'s places too.
+    pub fn join(&mut self, mut other: Wanted) {
+        self.pending.append(&mut other.pending);
+        self.fresh |= other.fresh;
+    }
+}
 
 impl Drop for Wanted {
     fn drop(&mut self) {
-        for pending in &self.0 {
+        for pending in &self.pending {
             pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -151,17 +168,19 @@ impl Interests {
             if !entries.contains_key(&interest) {
                 let entry = self.subscribe(interest.clone()).await?;
                 entries.insert(interest.clone(), entry);
+                wanted.fresh = true;
             }
             if let Some(entry) = entries.get_mut(&interest) {
                 entry.pending.fetch_add(1, Ordering::AcqRel);
                 entry.last_wanted = Instant::now();
-                wanted.0.push(entry.pending.clone());
+                wanted.pending.push(entry.pending.clone());
             }
         }
         Ok(wanted)
     }
 
-    /// Unsubscribes from the rooms and sub-zones where this node has had nobody for `idle`.
+    /// Unsubscribes from the rooms and sub-zones where this node has had nobody for `idle`
+    /// (as seen by these calls: call it more often than `idle`).
     pub async fn retire_unused(&self, manager: &ConnectionManager, idle: Duration) {
         let mut entries = self.entries.lock().await;
         let before = entries.len();
@@ -171,9 +190,12 @@ impl Interests {
                 Interest::SubZone(sub_zone) => manager.sub_zone_is_empty(sub_zone),
                 Interest::World | Interest::Everything => return true,
             };
-            let unused = empty
-                && entry.pending.load(Ordering::Acquire) == 0
-                && entry.last_wanted.elapsed() >= idle;
+            if !empty || entry.pending.load(Ordering::Acquire) > 0 {
+                // Idle time counts from when the place was last seen in use.
+                entry.last_wanted = Instant::now();
+                return true;
+            }
+            let unused = entry.last_wanted.elapsed() >= idle;
             if unused {
                 for abort in &entry.aborts {
                     abort.abort();
@@ -207,7 +229,8 @@ impl Interests {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                _ = every.tick() => self.retire_unused(&manager, RETIRE_EVERY).await,
+                // Two checks apart: a place is let go 5 to 10 s after its last player left.
+                _ = every.tick() => self.retire_unused(&manager, 2 * RETIRE_EVERY).await,
             }
         }
     }

@@ -13,6 +13,7 @@ use crate::game::{self, Flow, Session};
 use crate::limits::{CommandLimiter, Verdict};
 use crate::presence::roster::{Holder, Seen};
 use crate::presence::{Departure, PresenceError};
+use crate::realtime::Wanted;
 use crate::realtime::connection_manager::{
     CloseReason, ConnectionHandle, Identity, ManagerError, Queued, Transport,
 };
@@ -54,7 +55,11 @@ pub async fn attach(
         .id
         .clone();
     let connection = app.manager.next_connection_id();
-    // The world's roster first: a player online on another node is taken over from there,
+    // This node listens to the room before the player is in it and before anyone hears of
+    // the arrival (see `realtime::interest`); before the claim, whose round trip to NATS
+    // then has the subscription registered before the roster is read.
+    let mut listening = want_room(app, &stored_room).await?;
+    // The world's roster next: a player online on another node is taken over from there,
     // in the room it is in.
     let (room, presence, entered_game) = match app
         .presence
@@ -66,7 +71,11 @@ pub async fn attach(
                 .previous_room
                 .filter(|room| app.world.room(room.as_str()).is_some());
             let entered = !claim.took_over;
-            (room.unwrap_or(stored_room), claim.revision, Some(entered))
+            (
+                room.unwrap_or_else(|| stored_room.clone()),
+                claim.revision,
+                Some(entered),
+            )
         }
         Err(PresenceError::Contended) => return Err(ManagerError::Busy),
         Err(error) => {
@@ -86,27 +95,24 @@ pub async fn attach(
                     revision: 0,
                 },
             );
-            (stored_room, 0, None)
+            (stored_room.clone(), 0, None)
         }
     };
-    // This node listens to the room before the player is in it and before anyone hears of
-    // the arrival (see `realtime::interest`).
-    let sub_zone = app
-        .world
-        .room(room.as_str())
-        .unwrap_or_else(|| app.world.start())
-        .sub_zone
-        .clone();
-    let listening = match app.interests.want(&room, &sub_zone).await {
-        Ok(listening) => listening,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen to the player's room; refusing the login");
-            if presence != 0 {
-                let _ = app.presence.release(&account.id, presence).await;
+    if room != stored_room {
+        // Taken over in another room than the stored one.
+        match want_room(app, &room).await {
+            Ok(also) => listening.join(also),
+            Err(error) => {
+                if presence != 0 {
+                    let _ = app.presence.release(&account.id, presence).await;
+                }
+                return Err(error);
             }
-            return Err(ManagerError::Busy);
         }
-    };
+    }
+    if listening.fresh() {
+        app.presence.caught_up(presence, game::CATCH_UP_WAIT).await;
+    }
     let world = &app.world;
     let presence_model = &app.presence;
     let greeting = |arrival: crate::realtime::connection_manager::Arrival<'_>| {
@@ -175,6 +181,20 @@ pub async fn attach(
 pub enum Admission {
     Check,
     Admitted,
+}
+
+/// Listens to `room` and its sub-zone; refused as busy (try again) when NATS will not
+/// take the subscription.
+async fn want_room(app: &AppState, room: &RoomId) -> Result<Wanted, ManagerError> {
+    let sub_zone = &app
+        .world
+        .room(room.as_str())
+        .unwrap_or_else(|| app.world.start())
+        .sub_zone;
+    app.interests.want(room, sub_zone).await.map_err(|error| {
+        tracing::warn!(%error, "cannot listen to the player's room; refusing the login");
+        ManagerError::Busy
+    })
 }
 
 /// Runs one client message (or answers why it cannot be read), within the player's rate

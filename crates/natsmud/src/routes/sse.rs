@@ -47,6 +47,9 @@ pub async fn events(
     {
         Ok(attached) => attached,
         Err(ManagerError::Full) => return ApiError::ServerFull.into_response(),
+        Err(ManagerError::Busy) => {
+            return ApiError::Busy(std::time::Duration::from_secs(1)).into_response();
+        }
         Err(_) => return ApiError::ShuttingDown.into_response(),
     };
     let kick = conn.kick.clone();

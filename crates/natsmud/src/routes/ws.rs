@@ -120,6 +120,7 @@ async fn run_connection(app: AppState, mut socket: WebSocket, account: Account) 
         Err(error) => {
             let reason = match error {
                 ManagerError::Full => CloseReason::SERVER_FULL,
+                ManagerError::Busy => CloseReason::BUSY,
                 _ => CloseReason::SHUTDOWN,
             };
             let _ =
