@@ -123,6 +123,11 @@ pub async fn connect(
                         tracing::warn!("NATS disconnected; reconnecting");
                     }
                     async_nats::Event::SlowConsumer(sid) => gaps.slow_consumer(sid),
+                    async_nats::Event::ServerError(async_nats::ServerError::Other(error))
+                        if refuses_a_subscription(&error) =>
+                    {
+                        gaps.subscription_refused(&error);
+                    }
                     other => tracing::info!(event = %other, "NATS event"),
                 }
             }
@@ -151,7 +156,7 @@ pub async fn connect(
 const GAP_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// Closing a node's connections at most this often for NATS slow-consumer notices (async-nats
-/// reports one per dropped message).
+/// reports one per dropped message) and refused subscriptions.
 const SLOW_CONSUMER_CLOSE_EVERY: Duration = Duration::from_secs(1);
 
 /// Notices gaps in what this node received from NATS and closes its connections with
@@ -196,22 +201,50 @@ impl Gaps {
 
     fn slow_consumer(&self, sid: u64) {
         metrics::counter!(telemetry::NATS_SLOW_CONSUMER).increment(1);
+        if self.closing_is_due() {
+            tracing::error!(
+                sid,
+                "NATS slow consumer: this node dropped events; closing its connections"
+            );
+            self.manager.kick_all(CloseReason::EVENTS_LOST);
+        }
+    }
+
+    /// The server refused a subscription (it names none): some room's players would hear
+    /// nothing from it, so they are told rather than left deaf.
+    fn subscription_refused(&self, error: &str) {
+        metrics::counter!(telemetry::NATS_SUBSCRIPTION_REFUSED).increment(1);
+        if self.closing_is_due() {
+            tracing::error!(
+                %error,
+                "the NATS server refused a subscription of this node (a permission, or its \
+                 max_subscriptions); closing its connections: their events may not arrive"
+            );
+            self.manager.kick_all(CloseReason::EVENTS_LOST);
+        }
+    }
+
+    /// Whether closing every connection again is due (at most once a second).
+    fn closing_is_due(&self) -> bool {
         let now = std::time::Instant::now();
         let mut last = self
             .last_slow_consumer
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if last.is_some_and(|at| now.duration_since(at) < SLOW_CONSUMER_CLOSE_EVERY) {
-            return;
+            return false;
         }
         *last = Some(now);
-        drop(last);
-        tracing::error!(
-            sid,
-            "NATS slow consumer: this node dropped events; closing its connections"
-        );
-        self.manager.kick_all(CloseReason::EVENTS_LOST);
+        true
     }
+}
+
+/// Whether a server `-ERR` refuses a subscription: a permissions violation for one, or the
+/// connection's subscription limit.
+fn refuses_a_subscription(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    (error.contains("permissions violation") && error.contains("subscription"))
+        || error.contains("maximum subscriptions")
 }
 
 /// `Err` with a message for the operator when the server is too old or runs without
@@ -255,6 +288,18 @@ pub fn check_version(version: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn knows_a_refused_subscription_from_other_server_errors() {
+        assert!(refuses_a_subscription(
+            "Permissions Violation for Subscription to \"chat.say.hall\""
+        ));
+        assert!(refuses_a_subscription("Maximum Subscriptions Exceeded"));
+        assert!(!refuses_a_subscription(
+            "Permissions Violation for Publish to \"chat.say.hall\""
+        ));
+        assert!(!refuses_a_subscription("Stale Connection"));
+    }
 
     #[test]
     fn refuses_servers_older_than_the_minimum() {

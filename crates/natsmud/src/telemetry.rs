@@ -43,6 +43,7 @@ pub const TICKS_FAILED: &str = "natsmud_ticks_failed_total";
 pub const NATS_CONNECTED: &str = "natsmud_nats_connected";
 pub const NATS_RECONNECTS: &str = "natsmud_nats_reconnects_total";
 pub const NATS_SLOW_CONSUMER: &str = "natsmud_nats_slow_consumer_total";
+pub const NATS_SUBSCRIPTION_REFUSED: &str = "natsmud_nats_subscription_refused_total";
 pub const PRESENCE_LOST: &str = "natsmud_presence_lost_total";
 pub const PRESENCE_WRITTEN_OFF: &str = "natsmud_presence_written_off_total";
 pub const TICK_LEADER: &str = "natsmud_tick_leader";
@@ -133,6 +134,10 @@ fn describe() {
     describe_counter!(
         NATS_SLOW_CONSUMER,
         "Times NATS reported this node too slow for its subscription"
+    );
+    describe_counter!(
+        NATS_SUBSCRIPTION_REFUSED,
+        "Subscriptions the NATS server refused (permissions, or its subscription limit)"
     );
     describe_gauge!(SOCKETS_OPEN, "Accepted TCP sockets open, of every kind");
     describe_counter!(

@@ -117,3 +117,47 @@ async fn a_room_left_empty_is_unsubscribed_and_heard_again_on_return() {
     let heard = alice.until(EventType::ChatMessage).await;
     assert_eq!(heard.data["message"], "Bob says: welcome back");
 }
+
+/// A NATS server that refuses a node's subscription (here its `max_subscriptions`) names
+/// none in its error: the node's players are closed with 4008 `events_lost` rather than
+/// left in a room whose events never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_the_server_refuses_closes_the_players_rather_than_leave_them_deaf() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = dir.path().join("limits.conf");
+    std::fs::write(&limits, "max_subscriptions: 12\n").unwrap();
+    let nats =
+        common::NatsServer::start_pinned_with(&["-c".to_owned(), limits.display().to_string()]);
+    let url = nats.url.clone();
+    let app = TestApp::spawn_with(move |config| config.nats_url = url).await;
+    let mut alice = app.join("Alice").await;
+    let mut closed = None;
+    for (direction, _) in walk(&alice.room, 20) {
+        alice.command(&format!("go {direction}")).await;
+        loop {
+            match alice.next_within(Duration::from_secs(2)).await {
+                Some(common::Received::Frame(frame))
+                    if frame.event_type == EventType::RoomUpdate =>
+                {
+                    break;
+                }
+                Some(common::Received::Frame(_)) => {}
+                Some(common::Received::Closed(close)) => {
+                    closed = close;
+                    break;
+                }
+                None => panic!("no answer to a move"),
+            }
+        }
+        if closed.is_some() {
+            break;
+        }
+    }
+    let (code, reason) = closed.expect("Alice was never told her events may not arrive");
+    assert_eq!(code, 4008);
+    assert!(reason.starts_with("events_lost"), "{reason}");
+    assert!(
+        app.metric("natsmud_nats_subscription_refused_total").await >= 1.0,
+        "the refusal was not counted"
+    );
+}
