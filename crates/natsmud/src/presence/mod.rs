@@ -527,7 +527,7 @@ impl Presence {
                     .watch_with_history(">")
                     .await
                     .map_err(|e| e.to_string())?;
-                self.0.roster.reset();
+                self.0.roster.begin_replay();
                 self.0.watched.send_replace(0);
                 *self.0.store.write().unwrap_or_else(|e| e.into_inner()) = Some(store);
                 if empty {
@@ -574,7 +574,7 @@ impl Presence {
             .and_then(|p| PlayerId::parse(p).ok())
         {
             if removed {
-                self.0.roster.remove(&player, entry.revision);
+                self.0.roster.remove_watched(&player, entry.revision);
                 // Someone removed an entry this node still serves (it was thought dead):
                 // its player starts over rather than stay where nobody else sees it.
                 self.0.manager.kick_if_presence_older(
@@ -593,7 +593,7 @@ impl Presence {
                 };
                 let ours =
                     holder.node == self.0.own.node && holder.incarnation == self.0.own.incarnation;
-                self.0.roster.put(
+                self.0.roster.put_watched(
                     &player,
                     Seen {
                         name,
@@ -627,15 +627,16 @@ impl Presence {
             }
         }
         if entry.seen_current {
+            // Only once the roster answers from this watch does its revision count.
             self.0.roster.set_current();
+            self.0.watched.send_if_modified(|seen| {
+                let newer = entry.revision > *seen;
+                if newer {
+                    *seen = entry.revision;
+                }
+                newer
+            });
         }
-        self.0.watched.send_if_modified(|seen| {
-            let newer = entry.revision > *seen;
-            if newer {
-                *seen = entry.revision;
-            }
-            newer
-        });
     }
 
     /// Keeps this node's heartbeat key alive. If it was lost (this node stalled past its

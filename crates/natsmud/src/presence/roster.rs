@@ -8,7 +8,7 @@
 //! roster holds for that player, so the watch and the events may arrive in any order.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use natsmud_protocol::{PlayerId, PlayerName};
@@ -91,31 +91,23 @@ impl State {
 #[derive(Debug, Default)]
 pub struct Roster {
     state: RwLock<State>,
+    /// While the watch starts again: the bucket as it is being read anew. Readers keep the
+    /// old state until the new one is whole ([`Roster::end_replay`]), so nobody is listed
+    /// short meanwhile.
+    staging: Mutex<Option<State>>,
 }
 
-impl Roster {
-    fn read(&self) -> RwLockReadGuard<'_, State> {
-        // A panic mid-update leaves at worst one stale entry, which the next write for that
-        // player corrects: better than stopping `who` for good.
-        self.state.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A player is (or arrived) where `seen` says, as of `seen.revision`. Returns whether
-    /// it was newer than what the roster held.
-    pub fn put(&self, player: &PlayerId, mut seen: Seen) -> bool {
-        let mut state = self.write();
-        if state
+impl State {
+    fn put(&mut self, player: &PlayerId, seen: &Seen) -> bool {
+        let mut seen = seen.clone();
+        if self
             .gone
             .get(player)
             .is_some_and(|(gone, _)| seen.revision <= *gone)
         {
             return false;
         }
-        if let Some(held) = state.players.get(player) {
+        if let Some(held) = self.players.get(player) {
             if seen.revision < held.revision {
                 return false;
             }
@@ -132,32 +124,30 @@ impl Roster {
                 if &merged == held {
                     return false;
                 }
-                state.place(player, merged);
+                self.place(player, merged);
                 return true;
             }
         }
         // An event names no holder; keep the one the watch told of.
         if seen.holder.is_none() {
-            seen.holder = state.players.get(player).and_then(|s| s.holder.clone());
+            seen.holder = self.players.get(player).and_then(|s| s.holder.clone());
         }
-        state.gone.remove(player);
-        state.place(player, seen);
+        self.gone.remove(player);
+        self.place(player, seen);
         true
     }
 
-    /// A player left its room (`revision` is the bucket write that moved it on).
-    pub fn left_room(&self, player: &PlayerId, room: &str, revision: u64) {
-        let mut state = self.write();
-        if revision <= state.newest(player) {
+    fn left_room(&mut self, player: &PlayerId, room: &str, revision: u64) {
+        if revision <= self.newest(player) {
             return;
         }
-        let Some(seen) = state.players.get(player).cloned() else {
+        let Some(seen) = self.players.get(player).cloned() else {
             return;
         };
         if seen.room.as_deref() != Some(room) {
             return;
         }
-        state.place(
+        self.place(
             player,
             Seen {
                 room: None,
@@ -167,36 +157,115 @@ impl Roster {
         );
     }
 
-    /// A player left the game; `revision` is that of the write that removed it, or of the
-    /// last write it had (what a departure event carries): anything not newer goes.
-    pub fn remove(&self, player: &PlayerId, revision: u64) {
-        let mut state = self.write();
-        let held = state.players.get(player).map_or(0, |seen| seen.revision);
+    fn remove(&mut self, player: &PlayerId, revision: u64) {
+        let held = self.players.get(player).map_or(0, |seen| seen.revision);
         if held > revision {
             return;
         }
-        state.unplace(player);
-        let gone = state
+        self.unplace(player);
+        let gone = self
             .gone
             .entry(player.clone())
             .or_insert((revision, Instant::now()));
         *gone = (gone.0.max(revision), Instant::now());
     }
 
+    fn put_provisional(&mut self, player: &PlayerId, seen: &Seen) {
+        if !self.players.contains_key(player) {
+            self.place(
+                player,
+                Seen {
+                    revision: 0,
+                    ..seen.clone()
+                },
+            );
+        }
+    }
+}
+
+impl Roster {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // A panic mid-update leaves at worst one stale entry, which the next write for that
+        // player corrects: better than stopping `who` for good.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn staging(&self) -> MutexGuard<'_, Option<State>> {
+        self.staging.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A change learnt from an event or from this node's own write: to the roster, and to
+    /// the one being read anew if there is one (the watch may have passed it already).
+    fn change<R>(&self, change: impl Fn(&mut State) -> R) -> R {
+        let mut staging = self.staging();
+        if let Some(staging) = staging.as_mut() {
+            change(staging);
+        }
+        change(&mut self.write())
+    }
+
+    /// A change the watch brought: to the state being read anew, if there is one.
+    fn watched<R>(&self, change: impl Fn(&mut State) -> R) -> R {
+        let mut staging = self.staging();
+        match staging.as_mut() {
+            Some(staging) => change(staging),
+            None => change(&mut self.write()),
+        }
+    }
+
+    /// A player is (or arrived) where `seen` says, as of `seen.revision`. Returns whether
+    /// it was newer than what the roster held.
+    pub fn put(&self, player: &PlayerId, seen: Seen) -> bool {
+        self.change(|state| state.put(player, &seen))
+    }
+
+    /// [`Roster::put`], from the watch.
+    pub fn put_watched(&self, player: &PlayerId, seen: Seen) -> bool {
+        self.watched(|state| state.put(player, &seen))
+    }
+
+    /// A player left its room (`revision` is the bucket write that moved it on).
+    pub fn left_room(&self, player: &PlayerId, room: &str, revision: u64) {
+        self.change(|state| state.left_room(player, room, revision));
+    }
+
+    /// A player left the game; `revision` is that of the write that removed it, or of the
+    /// last write it had (what a departure event carries): anything not newer goes.
+    pub fn remove(&self, player: &PlayerId, revision: u64) {
+        self.change(|state| state.remove(player, revision));
+    }
+
+    /// [`Roster::remove`], from the watch.
+    pub fn remove_watched(&self, player: &PlayerId, revision: u64) {
+        self.watched(|state| state.remove(player, revision));
+    }
+
     /// Forgets departures older than `age`: by then no older write is still on its way.
     pub fn forget_departures(&self, age: Duration) {
         let now = Instant::now();
-        self.write()
-            .gone
-            .retain(|_, (_, when)| now.duration_since(*when) < age);
+        self.change(|state| {
+            state
+                .gone
+                .retain(|_, (_, when)| now.duration_since(*when) < age);
+        });
     }
 
+    /// From the watch.
     pub fn node_alive(&self, node: &str, seen: NodeSeen) {
-        self.write().nodes.insert(node.to_owned(), seen);
+        self.watched(|state| {
+            state.nodes.insert(node.to_owned(), seen.clone());
+        });
     }
 
+    /// From the watch.
     pub fn node_gone(&self, node: &str) {
-        self.write().nodes.remove(node);
+        self.watched(|state| {
+            state.nodes.remove(node);
+        });
     }
 
     /// Whether a node with this incarnation is alive.
@@ -207,13 +276,24 @@ impl Roster {
             .is_some_and(|seen| seen.incarnation == incarnation)
     }
 
-    /// Forgets everything (the watch starts again from the bucket's current state).
-    pub fn reset(&self) {
-        *self.write() = State::default();
+    /// The watch starts again from the bucket's current state: it is read into a new
+    /// roster while the old one still answers.
+    pub fn begin_replay(&self) {
+        *self.staging() = Some(State::default());
     }
 
+    /// The watch has delivered everything the bucket held: the new roster takes over.
     pub fn set_current(&self) {
-        self.write().current = true;
+        let mut staging = self.staging();
+        if staging.is_none() && self.read().current {
+            // Called for every change after the first pass: usually nothing to do.
+            return;
+        }
+        let mut state = self.write();
+        if let Some(fresh) = staging.take() {
+            *state = fresh;
+        }
+        state.current = true;
     }
 
     pub fn is_current(&self) -> bool {
@@ -247,16 +327,7 @@ impl Roster {
     /// A player this node let in while presence was unavailable: listed until the bucket
     /// says anything of it.
     pub fn put_provisional(&self, player: &PlayerId, seen: Seen) {
-        let mut state = self.write();
-        if !state.players.contains_key(player) {
-            state.place(
-                player,
-                Seen {
-                    revision: 0,
-                    ..seen
-                },
-            );
-        }
+        self.change(|state| state.put_provisional(player, &seen));
     }
 
     /// Players held by this node's run `own` (any connection), with their entries.
@@ -319,6 +390,41 @@ mod tests {
             holder: None,
             revision,
         }
+    }
+
+    /// The watch starting again (a reconnect, a broken watch, a bucket recreated with new
+    /// revisions) never lists anyone short meanwhile, and forgets only what the bucket no
+    /// longer holds.
+    #[test]
+    fn a_watch_starting_again_keeps_answering_until_the_bucket_is_read_anew() {
+        let roster = Roster::default();
+        roster.begin_replay();
+        roster.put_watched(&id("a"), seen("Alice", "r1", 10));
+        roster.put_watched(&id("g"), seen("Ghost", "r1", 11));
+        assert!(
+            roster.occupants("r1").is_empty(),
+            "not before the first pass"
+        );
+        roster.set_current();
+        assert_eq!(roster.occupants("r1"), vec!["Alice", "Ghost"]);
+
+        // Started again, on a bucket recreated from scratch (revisions from 1).
+        roster.begin_replay();
+        assert_eq!(
+            roster.occupants("r1"),
+            vec!["Alice", "Ghost"],
+            "still answering"
+        );
+        roster.put_watched(&id("a"), seen("Alice", "r1", 2));
+        // An event of a write the watch has not reached yet: kept in both.
+        assert!(roster.put(&id("b"), seen("Bob", "r1", 3)));
+        assert_eq!(roster.occupants("r1"), vec!["Alice", "Bob", "Ghost"]);
+        roster.set_current();
+        // Ghost is gone from the bucket; Alice's lower revision counts in the new bucket.
+        assert_eq!(roster.occupants("r1"), vec!["Alice", "Bob"]);
+        assert!(roster.is_current());
+        assert!(roster.put(&id("a"), seen("Alice", "r2", 4)));
+        assert_eq!(roster.occupants("r2"), vec!["Alice"]);
     }
 
     #[test]
