@@ -231,6 +231,13 @@ async fn events_from_nats_are_checked_before_they_reach_a_socket() {
     }
 }
 
+/// Messages the node's NATS client has received so far.
+async fn in_messages(app: &TestApp) -> u64 {
+    app.get("/health").await.1["nats_traffic"]["in_messages"]
+        .as_u64()
+        .unwrap()
+}
+
 fn invented_room_events(room: &str, count: usize) -> Vec<(String, Vec<u8>)> {
     (0..count)
         .map(|n| {
@@ -273,12 +280,7 @@ async fn events_for_rooms_without_the_nodes_players_never_reach_it() {
     let app = TestApp::spawn().await;
     let mut alice = app.join("Alice").await;
     let nats = outside_client(&app.nats.url).await;
-    let in_messages = async || {
-        app.get("/health").await.1["nats_traffic"]["in_messages"]
-            .as_u64()
-            .unwrap()
-    };
-    let received_before = in_messages().await;
+    let received_before = in_messages(&app).await;
     let (_, other_room) = common::some_exit(&alice.room);
     let mut published = invented_room_events(&alice.room, 2000);
     for _ in 0..500 {
@@ -290,7 +292,7 @@ async fn events_for_rooms_without_the_nodes_players_never_reach_it() {
         ));
     }
     publish_then_one_for(&nats, &published, &mut alice).await;
-    let received = in_messages().await - received_before;
+    let received = in_messages(&app).await - received_before;
     // The one event for Alice's room, plus the node's own heartbeats and presence traffic.
     assert!(
         received < 100,
@@ -335,12 +337,7 @@ async fn other_traffic_on_a_shared_nats_never_reaches_the_node() {
     let app = TestApp::spawn().await;
     let mut alice = app.join("Alice").await;
     let nats = outside_client(&app.nats.url).await;
-    let in_messages = async || {
-        app.get("/health").await.1["nats_traffic"]["in_messages"]
-            .as_u64()
-            .unwrap()
-    };
-    let received_before = in_messages().await;
+    let received_before = in_messages(&app).await;
     let payload = bytes::Bytes::from(vec![b'x'; 200]);
     for n in 0..50_000u32 {
         let subject = match n % 3 {
@@ -358,7 +355,7 @@ async fn other_traffic_on_a_shared_nats_never_reaches_the_node() {
     .unwrap();
     nats.flush().await.unwrap();
     alice.expect(EventType::PlayerEntered).await;
-    let received = in_messages().await - received_before;
+    let received = in_messages(&app).await - received_before;
     assert!(received < 100, "the node received {received} messages");
     assert_eq!(app.metric("natsmud_nats_slow_consumer_total").await, 0.0);
     assert_eq!(

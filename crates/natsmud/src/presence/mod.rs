@@ -69,6 +69,10 @@ pub struct Settings {
     pub ticks: bool,
     /// 0: 3 when the NATS server is part of a cluster, else 1.
     pub replicas: usize,
+    /// How long a bucket request waits for its answer: a command waiting on one (a move,
+    /// a login) answers within it. JetStream's own default is 5 s, which a request in
+    /// flight when the NATS connection drops would wait out.
+    pub request_timeout: Duration,
 }
 
 impl Settings {
@@ -79,6 +83,7 @@ impl Settings {
             tick_lease: Duration::from_secs(config.tick_lease_secs),
             ticks: config.tick_interval().is_some(),
             replicas: config.nats_replicas as usize,
+            request_timeout: config.publish_timeout(),
         }
     }
 }
@@ -196,7 +201,11 @@ impl Presence {
         reconnected: Arc<tokio::sync::Notify>,
     ) -> Self {
         Self(Arc::new(Inner {
-            js: jetstream::new(client.clone()),
+            js: {
+                let mut js = jetstream::new(client.clone());
+                js.set_timeout(settings.request_timeout);
+                js
+            },
             client,
             settings,
             own: Holder {
