@@ -117,28 +117,7 @@ async fn a_node_started_late_knows_who_is_already_online() {
 async fn a_login_on_another_node_replaces_the_first_connection() {
     let a = TestApp::spawn().await;
     let b = a.another_node(|_| {}).await;
-    let mut bob = a.join("Bob").await;
-    let alice_account = a.register("Alice").await;
-    let mut first = a.connect(&alice_account).await;
-    first.expect(EventType::GameState).await;
-    bob.until(EventType::PlayerEnteredGame).await;
-
-    let mut second = b.connect(&alice_account).await;
-    let state = second.expect(EventType::GameState).await;
-    assert_eq!(state.data["occupants"], json!(["Alice", "Bob"]));
-    let (code, reason) = first.expect_close().await.expect("a close frame");
-    assert_eq!(code, 4001, "{reason}");
-    // Alice never left the game: Bob hears nothing, and there is one Alice.
-    bob.expect_silence().await;
-    assert_eq!(
-        bob.reply("who").await.data["result"],
-        "Players online (2): Alice, Bob"
-    );
-    second.command("say from the other node").await;
-    assert_eq!(
-        bob.until(EventType::ChatMessage).await.data["message"],
-        "Alice says: from the other node"
-    );
+    common::a_second_login_replaces_the_first(&a, &b).await;
 }
 
 /// Two logins of one player racing on two nodes end with exactly one connection.

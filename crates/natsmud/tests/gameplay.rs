@@ -272,29 +272,7 @@ async fn who_look_help_and_quit() {
 #[tokio::test]
 async fn a_second_login_replaces_the_first_connection() {
     let app = TestApp::spawn().await;
-    let mut bob = app.join("Bob").await;
-    let account = app.register("Alice").await;
-    let mut first = app.connect(&account).await;
-    first.expect(EventType::GameState).await;
-    bob.expect(EventType::PlayerEnteredGame).await;
-
-    let mut second = app.connect(&account).await;
-    let state = second.expect(EventType::GameState).await;
-    assert_eq!(state.data["occupants"], json!(["Alice", "Bob"]));
-    let (code, reason) = first.expect_close().await.expect("a close frame");
-    assert_eq!(code, 4001, "{reason}");
-
-    // Alice never left the game, so Bob hears nothing; and there is one Alice.
-    bob.expect_silence().await;
-    assert_eq!(
-        bob.ask("who").await.data["result"],
-        "Players online (2): Alice, Bob"
-    );
-    second.command("say still here").await;
-    assert_eq!(
-        bob.expect(EventType::ChatMessage).await.data["message"],
-        "Alice says: still here"
-    );
+    common::a_second_login_replaces_the_first(&app, &app).await;
 }
 
 #[tokio::test]

@@ -739,6 +739,34 @@ pub async fn alice_and_bob(a: &TestApp, b: &TestApp) -> (Player, Player) {
     (alice, bob)
 }
 
+/// Bob plays on `a`; Alice logs in on `a`, then again on `b` (the same node or another):
+/// the first connection is closed with 4001, and Alice stays in the game, once, without
+/// Bob hearing her leave or come back.
+pub async fn a_second_login_replaces_the_first(a: &TestApp, b: &TestApp) {
+    let mut bob = a.join("Bob").await;
+    let alice_account = a.register("Alice").await;
+    let mut first = a.connect(&alice_account).await;
+    first.expect(EventType::GameState).await;
+    bob.until(EventType::PlayerEnteredGame).await;
+
+    let mut second = b.connect(&alice_account).await;
+    let state = second.expect(EventType::GameState).await;
+    assert_eq!(state.data["occupants"], json!(["Alice", "Bob"]));
+    let (code, reason) = first.expect_close().await.expect("a close frame");
+    assert_eq!(code, 4001, "{reason}");
+    // Alice never left the game: Bob hears nothing, and there is one Alice.
+    bob.expect_silence().await;
+    assert_eq!(
+        bob.reply("who").await.data["result"],
+        "Players online (2): Alice, Bob"
+    );
+    second.command("say still here").await;
+    assert_eq!(
+        bob.until(EventType::ChatMessage).await.data["message"],
+        "Alice says: still here"
+    );
+}
+
 /// A PostgreSQL server of this test's own: `initdb` in a temporary directory, `postgres` on
 /// a free port of 127.0.0.1 (never the machine's own server), stopped and removed on drop.
 /// As root it runs as `nobody`, since PostgreSQL refuses to run as root.
