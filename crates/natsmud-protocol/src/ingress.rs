@@ -35,7 +35,8 @@ pub enum Refusal {
     ActorMismatch,
     /// The subject names a room or sub-zone this world does not have.
     UnknownPlace,
-    /// Brings its own `sequence_number` (only ticks may: it is their tick number).
+    /// Brings its own `sequence_number` (only ticks may: it is their tick number), or a
+    /// `position` (only the receiving node knows it).
     Numbered,
     /// A tick whose number or time is not near this node's clock, or not newer than the
     /// last one delivered.
@@ -64,6 +65,9 @@ struct Incoming<'a> {
     event_type: EventType,
     #[serde(default)]
     sequence_number: Option<u64>,
+    /// Only the receiving node says where an event stands.
+    #[serde(default, borrow)]
+    position: Option<&'a RawValue>,
     #[serde(borrow)]
     timestamp: Cow<'a, str>,
     #[serde(default, borrow)]
@@ -142,7 +146,9 @@ pub fn check(subject: Subject<'_>, payload: &[u8], max_bytes: usize) -> Result<R
     if parse_timestamp(&incoming.timestamp).is_none() {
         return Err(Refusal::Malformed);
     }
-    if incoming.sequence_number.is_some() && subject != Subject::GameTick {
+    if (incoming.sequence_number.is_some() && subject != Subject::GameTick)
+        || incoming.position.is_some()
+    {
         return Err(Refusal::Numbered);
     }
     let chat = |channel: &str| -> Result<ChatMessageData, Refusal> {
@@ -321,6 +327,12 @@ mod tests {
         );
         let mut value = serde_json::to_value(say("r1", "p1")).unwrap_or_default();
         value["sequence_number"] = 7.into();
+        assert_eq!(
+            refusal(Subject::Say("r1"), value.to_string().as_bytes()),
+            Some(Refusal::Numbered)
+        );
+        let mut value = serde_json::to_value(say("r1", "p1")).unwrap_or_default();
+        value["position"] = "e:1".into();
         assert_eq!(
             refusal(Subject::Say("r1"), value.to_string().as_bytes()),
             Some(Refusal::Numbered)

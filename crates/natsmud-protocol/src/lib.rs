@@ -9,6 +9,7 @@
 //! - [`client`]: client → server messages, parsed once at the edge into typed values.
 //! - [`command`]: the game commands a player can type.
 //! - [`ingress`]: what a receiving node accepts from NATS, checked against the subject.
+//! - [`position`]: where an event stands in the world's event stream, for resuming.
 
 pub mod client;
 pub mod command;
@@ -16,6 +17,7 @@ pub mod envelope;
 pub mod error;
 pub mod ids;
 pub mod ingress;
+pub mod position;
 pub mod subject;
 
 pub use client::{ClientMessage, parse_client_message};
@@ -23,4 +25,5 @@ pub use command::{Command, Direction};
 pub use envelope::{Envelope, EventType, ServerFrame};
 pub use error::{ErrorCode, ProtocolError};
 pub use ids::{PlayerId, PlayerName, RoomId, SubZoneId, ZoneId};
+pub use position::Position;
 pub use subject::{Interest, ORDER_HEADER, Subject, SubjectPrefix, parse_order};

@@ -28,6 +28,66 @@ impl SubjectPrefix {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    fn under(&self, pattern: &str) -> String {
+        if self.0.is_empty() {
+            pattern.to_owned()
+        } else {
+            format!("{}.{pattern}", self.0)
+        }
+    }
+
+    /// The JetStream stream that keeps this world's events, so that a client can resume
+    /// from a position: named after the prefix, so worlds sharing a NATS never share it.
+    pub fn stream_name(&self) -> String {
+        if self.0.is_empty() {
+            "natsmud_events".to_owned()
+        } else {
+            format!("natsmud_events_{}", self.0.replace('.', "_"))
+        }
+    }
+
+    /// What the stream captures: every subject a [`Subject`] renders to.
+    pub fn stream_subjects(&self) -> Vec<String> {
+        vec![self.under("events.>"), self.under("chat.>")]
+    }
+
+    /// The subjects a player's view is made of, as filters for reading the stream back: its
+    /// room's events and speech, its sub-zone's local chat, global chat, system notices and
+    /// whispers to it. JetStream refuses overlapping filters, and a room's `chat.*.{room}`
+    /// overlaps a sub-zone or a whisper subject with the same id: then the room's filter
+    /// brings those too.
+    pub fn view_filters(
+        &self,
+        room: &RoomId,
+        sub_zone: &SubZoneId,
+        player: &PlayerId,
+    ) -> Vec<String> {
+        let room = room.as_str();
+        let mut filters = vec![
+            self.under(&format!("events.*.{room}")),
+            self.under(&format!("chat.*.{room}")),
+            self.under("chat.global"),
+            self.under("chat.system"),
+        ];
+        if sub_zone.as_str() != room {
+            filters.push(self.under(&format!("chat.local.{sub_zone}")));
+        }
+        if player.as_str() != room {
+            filters.push(self.under(&format!("chat.whisper.{player}")));
+        }
+        filters
+    }
+}
+
+/// Where the world's stream republishes each event it stores (`{LIVE_ROOT}.{subject}`),
+/// with its stream sequence in the `Nats-Sequence` header: nodes listen there, so every
+/// event they deliver has its position.
+pub const LIVE_ROOT: &str = "natsmud_live";
+
+/// The republished form of `subject` (see [`LIVE_ROOT`]).
+pub fn live(subject: &str) -> String {
+    format!("{LIVE_ROOT}.{subject}")
 }
 
 /// A part of the world a receiving node listens to. A node that subscribes by interest
@@ -84,6 +144,12 @@ impl Interest {
             }
             Self::Everything => vec![format!("{}.>", prefix.0)],
         }
+    }
+
+    /// The subscriptions that bring this interest's events as the world's stream
+    /// republishes them (see [`LIVE_ROOT`]).
+    pub fn live_patterns(&self, prefix: &SubjectPrefix) -> Vec<String> {
+        self.patterns(prefix).iter().map(|p| live(p)).collect()
     }
 
     /// Whether `subject` is one this interest is for.
@@ -205,6 +271,12 @@ impl<'a> Subject<'a> {
             out.push_str(id);
         }
         out
+    }
+
+    /// Reads back a subject as the world's stream republishes it (see [`LIVE_ROOT`]).
+    pub fn parse_live(prefix: &SubjectPrefix, subject: &'a str) -> Option<Self> {
+        let original = subject.strip_prefix(LIVE_ROOT)?.strip_prefix('.')?;
+        Self::parse(prefix, original)
     }
 
     /// Reads a subject back; `None` for anything natsmud did not build (including ids that
@@ -369,6 +441,38 @@ mod tests {
                         .any(|feed| nats_matches(&feed, foreign));
                     prop_assert!(!matched, "{}", foreign);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn live_subjects_read_back_and_a_view_never_overlaps() {
+        let prefix = SubjectPrefix::parse("w1").unwrap_or_else(|e| panic!("{e}"));
+        let say = Subject::Say("r1").render(&prefix);
+        assert_eq!(
+            Subject::parse_live(&prefix, &live(&say)),
+            Some(Subject::Say("r1"))
+        );
+        assert_eq!(Subject::parse_live(&prefix, &say), None);
+        assert_eq!(prefix.stream_name(), "natsmud_events_w1");
+        let id = |s: &str| RoomId::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        let zone = |s: &str| SubZoneId::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        let player = |s: &str| PlayerId::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            prefix
+                .view_filters(&id("r1"), &zone("z"), &player("p"))
+                .len(),
+            6
+        );
+        let shared = prefix.view_filters(&id("x"), &zone("x"), &player("x"));
+        assert_eq!(shared.len(), 4, "{shared:?}");
+        for filter in &shared {
+            let others = shared.iter().filter(|f| *f != filter);
+            for other in others {
+                assert!(
+                    !(nats_matches(filter, other) || nats_matches(other, filter)),
+                    "{filter} {other}"
+                );
             }
         }
     }

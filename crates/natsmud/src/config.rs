@@ -107,6 +107,39 @@ pub struct Config {
     #[arg(long, env = "NATSMUD_NATS_REPLICAS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=5))]
     pub nats_replicas: u32,
 
+    /// Where the world's event stream (which resuming clients read back) keeps events.
+    #[arg(long, env = "NATSMUD_STREAM_STORAGE", value_enum, default_value_t = StreamStorage::Memory)]
+    pub stream_storage: StreamStorage,
+
+    /// Seconds the event stream keeps an event: a client can resume from a position this
+    /// recent.
+    #[arg(long, env = "NATSMUD_STREAM_MAX_AGE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub stream_max_age_secs: u64,
+
+    /// Most bytes the event stream holds; the oldest events go first beyond it.
+    #[arg(long, env = "NATSMUD_STREAM_MAX_BYTES", default_value_t = 256 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub stream_max_bytes: u64,
+
+    /// Seconds a player whose connection dropped without `quit` stays in the world
+    /// (link-dead), so that reconnecting resumes without the room seeing it leave. 0:
+    /// leave at once.
+    #[arg(long, env = "NATSMUD_LINK_DEAD_GRACE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub link_dead_grace_secs: u64,
+
+    /// Most missed events a resuming client is sent; beyond it the resume is refused
+    /// (`too_many`) and the client starts from the fresh `game_state`.
+    #[arg(long, env = "NATSMUD_RESUME_MAX_MISSED", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub resume_max_missed: u32,
+
+    /// Resumes read from the event stream at once on this node; more wait their turn.
+    #[arg(long, env = "NATSMUD_RESUME_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub resume_concurrency: u32,
+
+    /// Most events a node reads back from the stream to catch its players up after its
+    /// NATS connection came back; beyond it they are closed (4008 `events_lost`) to resume.
+    #[arg(long, env = "NATSMUD_CATCH_UP_MAX", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub catch_up_max: u32,
+
     /// Directory for the account database and the generated JWT secret.
     #[arg(long, env = "NATSMUD_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -478,6 +511,19 @@ impl Config {
     pub fn tick_interval(&self) -> Option<Duration> {
         (self.tick_interval_ms > 0).then(|| Duration::from_millis(self.tick_interval_ms))
     }
+
+    pub fn link_dead_grace(&self) -> Duration {
+        Duration::from_secs(self.link_dead_grace_secs)
+    }
+}
+
+/// Where the world's event stream keeps its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StreamStorage {
+    /// Fast; lost when the NATS server restarts (resuming clients then start afresh).
+    Memory,
+    /// Survives a NATS server restart.
+    File,
 }
 
 #[cfg(test)]

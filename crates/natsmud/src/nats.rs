@@ -49,11 +49,23 @@ impl Fatal {
 /// reconnect (announcing themselves again, which also repairs what other nodes missed of
 /// them) and start from a fresh `game_state` instead of silently missing events. The same
 /// happens when NATS reports that this node's subscription overflowed (a slow consumer).
+/// Asks the NATS handler to catch this node's players up on what the world's event stream
+/// stored since `since` (shortly before the NATS connection dropped).
+#[derive(Debug, Clone, Copy)]
+pub struct CatchUp {
+    pub since: time::OffsetDateTime,
+}
+
+/// How long before a disconnect catching up starts reading: events in flight then may
+/// not have arrived.
+const IN_FLIGHT_MARGIN: time::Duration = time::Duration::seconds(2);
+
 pub async fn connect(
     config: &Config,
     manager: Arc<ConnectionManager>,
     fatal: Arc<Fatal>,
     reconnected: Arc<tokio::sync::Notify>,
+    catch_ups: tokio::sync::mpsc::UnboundedSender<CatchUp>,
 ) -> anyhow::Result<async_nats::Client> {
     let urls: Vec<&str> = config
         .nats_url
@@ -66,6 +78,8 @@ pub async fn connect(
         reconnected,
         handled_connects: AtomicU64::new(0),
         last_slow_consumer: std::sync::Mutex::new(None),
+        catch_ups,
+        disconnected_at: std::sync::Mutex::new(None),
     });
     let callback_gaps = gaps.clone();
     let client_cell: Arc<OnceLock<async_nats::Client>> = Arc::new(OnceLock::new());
@@ -119,6 +133,7 @@ pub async fn connect(
                         });
                     }
                     async_nats::Event::Disconnected => {
+                        gaps.disconnected();
                         metrics::gauge!(telemetry::NATS_CONNECTED).set(0.0);
                         tracing::warn!("NATS disconnected; reconnecting");
                     }
@@ -167,6 +182,9 @@ struct Gaps {
     /// The client's connection count last acted on.
     handled_connects: AtomicU64,
     last_slow_consumer: std::sync::Mutex<Option<std::time::Instant>>,
+    catch_ups: tokio::sync::mpsc::UnboundedSender<CatchUp>,
+    /// When the connection last dropped (the first drop of an outage).
+    disconnected_at: std::sync::Mutex<Option<time::OffsetDateTime>>,
 }
 
 impl Gaps {
@@ -184,18 +202,36 @@ impl Gaps {
         let again = handled > 0;
         if again {
             metrics::counter!(telemetry::NATS_RECONNECTS).increment(1);
-            // The server may have lost natsmud's JetStream state.
             self.reconnected.notify_one();
-        }
-        // Players connected while this node had no NATS (a drop, or a start without it)
-        // missed whatever other nodes published meanwhile.
-        if again || self.manager.connected_count() > 0 {
+            let dropped = self
+                .disconnected_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_else(time::OffsetDateTime::now_utc);
+            tracing::warn!("NATS connected after a gap; catching this node's players up");
+            let _ = self.catch_ups.send(CatchUp {
+                since: dropped - IN_FLIGHT_MARGIN,
+            });
+        } else if self.manager.connected_count() > 0 {
+            // Players let in before NATS was ever reached: this node has no position to
+            // catch them up from.
             tracing::warn!(
                 "NATS connected after a gap; closing this node's connections: events may have been missed"
             );
             self.manager.kick_all(CloseReason::EVENTS_LOST);
         } else {
             tracing::info!("NATS connected");
+        }
+    }
+
+    fn disconnected(&self) {
+        let mut at = self
+            .disconnected_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if at.is_none() {
+            *at = Some(time::OffsetDateTime::now_utc());
         }
     }
 

@@ -17,7 +17,7 @@ use crate::limits::{AuthLimiter, PlayerLimits};
 use crate::nats::Fatal;
 use crate::presence::Presence;
 use crate::realtime::nats_handler::NatsMessageHandler;
-use crate::realtime::{CloseReason, ConnectionManager, EventPublisher, Interests};
+use crate::realtime::{CloseReason, ConnectionManager, EventPublisher, EventStream, Interests};
 use crate::services::game_tick::GameTickService;
 use crate::world::World;
 
@@ -44,6 +44,12 @@ pub struct AppInner {
     pub publisher: Arc<EventPublisher>,
     /// What this node subscribes to.
     pub interests: Arc<Interests>,
+    /// The world's event stream, which resuming connections read back.
+    pub stream: Arc<EventStream>,
+    /// The last stream sequence this node delivered: where a new connection starts.
+    pub delivered_through: Arc<std::sync::atomic::AtomicU64>,
+    /// Resumes reading the stream at once.
+    pub resume_slots: Arc<tokio::sync::Semaphore>,
     pub auth_limiter: AuthLimiter,
     pub player_limits: PlayerLimits,
     /// Every connection's tasks, so shutdown can wait for them to finish.
@@ -129,9 +135,17 @@ pub async fn run(
     ));
     let fatal = Arc::new(Fatal::default());
     let reconnected = Arc::new(tokio::sync::Notify::new());
-    let client = crate::nats::connect(&config, manager.clone(), fatal.clone(), reconnected.clone())
-        .await
-        .with_context(|| format!("cannot use NATS URL {}", config.nats_url))?;
+    let (catch_ups_tx, catch_ups) = tokio::sync::mpsc::unbounded_channel();
+    let client = crate::nats::connect(
+        &config,
+        manager.clone(),
+        fatal.clone(),
+        reconnected.clone(),
+        catch_ups_tx,
+    )
+    .await
+    .with_context(|| format!("cannot use NATS URL {}", config.nats_url))?;
+    let stream = Arc::new(EventStream::new(client.clone(), &config));
     let node_id = config.node_id.clone().unwrap_or_else(|| {
         let id = uuid::Uuid::new_v4().simple().to_string();
         format!("node-{}", &id[..12])
@@ -149,6 +163,7 @@ pub async fn run(
     );
     let publisher = Arc::new(EventPublisher::new(
         client.clone(),
+        stream.clone(),
         config.subject_prefix.clone(),
         config.publish_timeout(),
         format!("{node_id}-{incarnation}"),
@@ -159,13 +174,16 @@ pub async fn run(
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let handler = NatsMessageHandler::new(
         config.subject_prefix.clone(),
+        stream.clone(),
         manager.clone(),
         presence.clone(),
         // natsmud's own events reach ~2.3 KiB (a 500-character say in 4-byte characters),
         // whatever the client frame limit is set to.
         (config.max_frame_bytes as usize).max(MIN_EVENT_BYTES),
         config.tick_interval(),
+        u64::from(config.catch_up_max),
     );
+    let delivered_through = handler.delivered_through();
     let (interests, feeds) = Interests::new(
         client.clone(),
         config.subject_prefix.clone(),
@@ -175,6 +193,7 @@ pub async fn run(
         client.clone(),
         interests.clone(),
         feeds,
+        catch_ups,
         ready_tx,
         stop_handler.clone(),
         fatal.clone(),
@@ -211,6 +230,9 @@ pub async fn run(
         node = %node_id,
         "natsmud serving"
     );
+    let resume_slots = Arc::new(tokio::sync::Semaphore::new(
+        config.resume_concurrency as usize,
+    ));
     let state = AppState(Arc::new(AppInner {
         config,
         node_id,
@@ -224,6 +246,9 @@ pub async fn run(
         presence: presence.clone(),
         publisher: publisher.clone(),
         interests: interests.clone(),
+        resume_slots,
+        stream,
+        delivered_through,
         auth_limiter,
         player_limits,
         connections: tokio_util::task::TaskTracker::new(),

@@ -52,6 +52,11 @@ pub const NATS_OUT_MESSAGES: &str = "natsmud_nats_out_messages_total";
 pub const NATS_IN_BYTES: &str = "natsmud_nats_in_bytes_total";
 pub const NATS_OUT_BYTES: &str = "natsmud_nats_out_bytes_total";
 pub const NATS_SUBSCRIPTIONS: &str = "natsmud_nats_subscriptions";
+pub const EVENTS_CAUGHT_UP: &str = "natsmud_events_caught_up_total";
+pub const RESUMES: &str = "natsmud_resumes_total";
+pub const RESUMED_EVENTS: &str = "natsmud_resumed_events_total";
+pub const RESUME_SECONDS: &str = "natsmud_resume_seconds";
+pub const LINK_DEAD: &str = "natsmud_link_dead_total";
 pub const SOCKETS_OPEN: &str = "natsmud_sockets_open";
 pub const SOCKETS_REFUSED: &str = "natsmud_sockets_refused_total";
 pub const ACCEPT_ERRORS: &str = "natsmud_accept_errors_total";
@@ -114,6 +119,24 @@ fn describe() {
     describe_counter!(TICKS_FAILED, "Game ticks that could not be published");
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS");
     describe_counter!(NATS_RECONNECTS, "Reconnections to NATS after a disconnect");
+    describe_counter!(
+        EVENTS_CAUGHT_UP,
+        "Events read back from the event stream after a NATS reconnect, for this node's players"
+    );
+    describe_counter!(
+        RESUMES,
+        "Connections that asked to resume, by outcome (recovered, or the reason not)"
+    );
+    describe_counter!(RESUMED_EVENTS, "Missed events sent to resuming connections");
+    describe_histogram!(
+        RESUME_SECONDS,
+        Unit::Seconds,
+        "Reading back a resuming connection's missed events"
+    );
+    describe_counter!(
+        LINK_DEAD,
+        "Connections that dropped without quit, their player kept in the world for the grace period"
+    );
     describe_counter!(
         PRESENCE_LOST,
         "Times this node's heartbeat expired and its players were closed"

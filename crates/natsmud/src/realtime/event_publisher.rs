@@ -2,16 +2,24 @@
 //! publishes it. Never hangs: when NATS is away a publish fails at once, and a publish that
 //! NATS does not take within the configured time fails too; both are logged and counted.
 //!
+//! A publish counts once the world's event stream has stored it (JetStream's ack): only
+//! what is stored is delivered (see [`super::stream`]), so an event the stream did not
+//! take is an error its actor hears of, never a silent loss. A stream that is gone (a NATS
+//! restart lost it) is created again and the publish tried once more.
+//!
 //! Every publish carries [`ORDER_HEADER`]: this node's id and a number counting its
 //! publishes in the order they go out, so receivers can keep a room's `events.` and
 //! `chat.` messages in the order this node sent them (see `nats_handler`).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
+use async_nats::jetstream::context::PublishErrorKind;
 use natsmud_protocol::{Envelope, ORDER_HEADER, Subject, SubjectPrefix};
 use serde::Serialize;
 
+use super::stream::EventStream;
 use crate::telemetry;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +35,8 @@ pub enum PublishError {
 #[derive(Debug)]
 pub struct EventPublisher {
     client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    stream: Arc<EventStream>,
     prefix: SubjectPrefix,
     timeout: Duration,
     /// This node's id, the origin in [`ORDER_HEADER`].
@@ -39,11 +49,16 @@ pub struct EventPublisher {
 impl EventPublisher {
     pub fn new(
         client: async_nats::Client,
+        stream: Arc<EventStream>,
         prefix: SubjectPrefix,
         timeout: Duration,
         origin: String,
     ) -> Self {
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(timeout);
         Self {
+            js,
+            stream,
             client,
             prefix,
             timeout,
@@ -122,26 +137,51 @@ impl EventPublisher {
         }
         let payload = envelope.to_bytes();
         let subject = subject.render(&self.prefix);
-        // One deadline for waiting for our turn and for the client to take the message:
-        // publishes queued behind a stalled one fail in time too, rather than one by one.
+        // One deadline for waiting for our turn, for the client to take the message and
+        // for the stream to store it: publishes queued behind a stalled one fail in time
+        // too, rather than one by one.
         let publish = async {
-            let mut sent = self.sent.lock().await;
-            *sent += 1;
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(ORDER_HEADER, format!("{}.{}", self.origin, *sent).as_str());
-            if let Some(revision) = presence {
-                headers.insert(
-                    crate::presence::PRESENCE_HEADER,
-                    revision.to_string().as_str(),
-                );
+            let mut stream_was_gone = false;
+            loop {
+                let acked = {
+                    let mut sent = self.sent.lock().await;
+                    *sent += 1;
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(ORDER_HEADER, format!("{}.{}", self.origin, *sent).as_str());
+                    if let Some(revision) = presence {
+                        headers.insert(
+                            crate::presence::PRESENCE_HEADER,
+                            revision.to_string().as_str(),
+                        );
+                    }
+                    self.js
+                        .publish_with_headers(subject.clone(), headers, payload.clone())
+                        .await
+                };
+                // Acks are awaited outside the turn: publishes go out in order and are
+                // stored in that order, without each waiting for the one before.
+                let stored = match acked {
+                    Ok(ack) => ack.await,
+                    Err(error) => Err(error),
+                };
+                match stored {
+                    Ok(_) => return Ok(()),
+                    Err(error)
+                        if error.kind() == PublishErrorKind::StreamNotFound && !stream_was_gone =>
+                    {
+                        stream_was_gone = true;
+                        tracing::warn!("the event stream is gone; creating it again");
+                        self.stream
+                            .ensure()
+                            .await
+                            .map_err(|e| PublishError::Refused(e.to_string()))?;
+                    }
+                    Err(error) => return Err(PublishError::Refused(error.to_string())),
+                }
             }
-            self.client
-                .publish_with_headers(subject, headers, payload)
-                .await
         };
         match tokio::time::timeout(self.timeout, publish).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(PublishError::Refused(e.to_string())),
+            Ok(result) => result,
             Err(_) => Err(PublishError::Timeout(self.timeout)),
         }
     }

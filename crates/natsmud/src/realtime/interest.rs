@@ -239,7 +239,7 @@ impl Interests {
     async fn subscribe(&self, interest: Interest) -> Result<Entry, SubscribeError> {
         let interest = Arc::new(interest);
         let mut aborts: Vec<AbortHandle> = Vec::new();
-        for subject in interest.patterns(&self.prefix) {
+        for subject in interest.live_patterns(&self.prefix) {
             let subscribed =
                 tokio::time::timeout(SUBSCRIBE_WAIT, self.client.subscribe(subject.clone())).await;
             let subscriber = match subscribed {

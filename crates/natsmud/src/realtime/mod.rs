@@ -6,8 +6,11 @@ pub mod connection_manager;
 pub mod event_publisher;
 pub mod interest;
 pub mod nats_handler;
+pub mod resume;
+pub mod stream;
 
 pub use connection::{CloseReason, ConnectionHandle, Frame, Kick, Queued, Transport};
 pub use connection_manager::ConnectionManager;
 pub use event_publisher::{EventPublisher, PublishError};
 pub use interest::{Interests, SubscriptionMode, Wanted};
+pub use stream::EventStream;

@@ -31,13 +31,16 @@ use futures::FutureExt;
 use futures::stream::{SelectAll, StreamExt};
 use natsmud_protocol::envelope::splice_sequence;
 use natsmud_protocol::ingress::{Refusal, Route, check};
+use natsmud_protocol::position::splice_position;
 use natsmud_protocol::{Interest, ORDER_HEADER, Subject, SubjectPrefix, parse_order};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::Frame;
+use super::connection::{CloseReason, Frame};
 use super::connection_manager::ConnectionManager;
 use super::interest::{Delivery, Feed, Interests};
+use super::stream::{EventStream, ReadBack, Start};
 use crate::presence::{PRESENCE_HEADER, Presence};
 use crate::telemetry;
 
@@ -158,6 +161,17 @@ impl Throttled {
 
 pub struct NatsMessageHandler {
     prefix: SubjectPrefix,
+    stream: Arc<EventStream>,
+    /// The stream's epoch, for the positions of the events delivered.
+    epoch: Option<Arc<str>>,
+    /// The last stream sequence delivered (shared: a greeting names it as where its
+    /// connection starts).
+    delivered_through: Arc<AtomicU64>,
+    /// Events up to here were delivered by catching up; the same events arriving live
+    /// afterwards are dropped.
+    skip_through: u64,
+    /// Most events read back when catching up after a reconnect.
+    catch_up_max: u64,
     manager: Arc<ConnectionManager>,
     /// The world's roster: presence events update it as they are delivered.
     presence: Presence,
@@ -174,13 +188,20 @@ pub struct NatsMessageHandler {
 impl NatsMessageHandler {
     pub fn new(
         prefix: SubjectPrefix,
+        stream: Arc<EventStream>,
         manager: Arc<ConnectionManager>,
         presence: Presence,
         max_event_bytes: usize,
         tick_interval: Option<Duration>,
+        catch_up_max: u64,
     ) -> Self {
         Self {
             prefix,
+            epoch: stream.epoch(),
+            stream,
+            delivered_through: Arc::new(AtomicU64::new(0)),
+            skip_through: 0,
+            catch_up_max,
             manager,
             presence,
             max_event_bytes,
@@ -195,11 +216,18 @@ impl NatsMessageHandler {
     /// Subscribes to what the node always listens to, signals `ready` once NATS has
     /// registered it (or at once if NATS is not reachable yet: the client subscribes when
     /// it connects), then reads every subscription `interests` opens, from `feeds`.
+    /// The last stream sequence this node delivered, as it goes.
+    pub fn delivered_through(&self) -> Arc<AtomicU64> {
+        self.delivered_through.clone()
+    }
+
+    #[allow(clippy::too_many_arguments)]
     pub async fn run(
         mut self,
         client: async_nats::Client,
         interests: Arc<Interests>,
         mut feeds: mpsc::UnboundedReceiver<Feed>,
+        mut catch_ups: mpsc::UnboundedReceiver<crate::nats::CatchUp>,
         ready: tokio::sync::oneshot::Sender<()>,
         shutdown: CancellationToken,
         fatal: Arc<crate::nats::Fatal>,
@@ -219,6 +247,13 @@ impl NatsMessageHandler {
         }
         if client.connection_state() == async_nats::connection::State::Connected {
             let _ = client.flush().await;
+            match self.stream.ensure().await {
+                Ok(bounds) => {
+                    self.epoch = Some(bounds.epoch);
+                    self.delivered_through.store(bounds.last, Ordering::Release);
+                }
+                Err(error) => tracing::warn!(%error, "cannot reach the event stream yet"),
+            }
         }
         let _ = ready.send(());
         tracing::info!(
@@ -238,6 +273,10 @@ impl NatsMessageHandler {
                     }
                     None => return,
                 },
+                Some(catch_up) = catch_ups.recv() => {
+                    self.catch_up(catch_up).await;
+                    continue;
+                }
                 Some(first) = live.next(), if !live.is_empty() => first,
             };
             let mut ended = None;
@@ -273,22 +312,117 @@ impl NatsMessageHandler {
                 return;
             }
             restore_publish_order(&mut batch, |(_, message)| message);
+            self.follow_epoch().await;
             for (interest, message) in batch.drain(..) {
                 self.handle(&interest, &message);
             }
         }
     }
 
-    /// Routes one event that came through the subscription of `interest`.
+    /// Takes up a new epoch of the stream (it was created again: sequences start over).
+    async fn follow_epoch(&mut self) {
+        let current = self.stream.epoch();
+        if current.is_some() && current != self.epoch {
+            self.epoch = current;
+            self.skip_through = 0;
+            self.delivered_through.store(0, Ordering::Release);
+        }
+    }
+
+    /// Routes one event as the stream republished it, through the subscription of
+    /// `interest`.
     pub fn handle(&mut self, interest: &Interest, message: &async_nats::Message) {
-        let subject = message.subject.as_str();
-        let payload = &message.payload;
-        let Some(parsed) = Subject::parse(&self.prefix, subject) else {
+        let offset = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(async_nats::header::NATS_SEQUENCE))
+            .and_then(|value| value.as_str().parse::<u64>().ok());
+        let Some(parsed) = Subject::parse_live(&self.prefix, message.subject.as_str()) else {
             return;
         };
+        if offset.is_some_and(|offset| offset <= self.skip_through) {
+            // Delivered already, by catching up.
+            return;
+        }
+        self.route(interest, parsed, message, offset);
+    }
+
+    /// Catches this node's players up on what the stream stored while NATS was away, or
+    /// closes their connections (4008 `events_lost`, so that they resume) when it cannot.
+    async fn catch_up(&mut self, catch_up: crate::nats::CatchUp) {
+        let from = self.delivered_through.load(Ordering::Acquire);
+        let lost = |why: &str| {
+            tracing::warn!(
+                why,
+                "NATS connected after a gap and this node cannot catch its players up; closing their connections"
+            );
+            self.manager.kick_all(CloseReason::EVENTS_LOST);
+        };
+        let bounds = match self.stream.ensure().await {
+            Ok(bounds) => bounds,
+            Err(error) => return lost(&error.to_string()),
+        };
+        if self.epoch.as_deref() != Some(&*bounds.epoch) {
+            let had_epoch = self.epoch.is_some();
+            self.epoch = Some(bounds.epoch.clone());
+            self.skip_through = 0;
+            self.delivered_through.store(bounds.last, Ordering::Release);
+            if had_epoch || self.manager.connected_count() > 0 {
+                lost("the event stream was created again (its events are gone)");
+            }
+            return;
+        }
+        let started = Instant::now();
+        let read = self
+            .stream
+            .read(Start::Since(catch_up.since), Vec::new(), self.catch_up_max)
+            .await;
+        let (messages, end) = match read {
+            Ok(ReadBack::Events { messages, end }) => (messages, end),
+            Ok(ReadBack::TooMany(n)) => return lost(&format!("{n} events to catch up on")),
+            Err(error) => return lost(&error.to_string()),
+        };
+        if bounds.first > from + 1 && bounds.first_stored > catch_up.since {
+            return lost("the events it missed are no longer in the stream");
+        }
+        let mut caught_up = 0;
+        for message in &messages {
+            let Some(offset) = message.info().ok().map(|info| info.stream_sequence) else {
+                continue;
+            };
+            if offset <= from {
+                continue;
+            }
+            let Some(parsed) = Subject::parse(&self.prefix, message.subject.as_str()) else {
+                continue;
+            };
+            self.route(&Interest::Everything, parsed, message, Some(offset));
+            caught_up += 1;
+        }
+        self.skip_through = end;
+        metrics::counter!(telemetry::EVENTS_CAUGHT_UP).increment(caught_up);
+        tracing::info!(
+            caught_up,
+            read = messages.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "NATS connected after a gap: caught this node's players up from the event stream"
+        );
+    }
+
+    fn route(
+        &mut self,
+        interest: &Interest,
+        parsed: Subject<'_>,
+        message: &async_nats::Message,
+        offset: Option<u64>,
+    ) {
+        let subject = message.subject.as_str();
         if !interest.carries(&parsed) {
             // Another subscription of this node brings it too (ids that collide).
             return;
+        }
+        if let Some(offset) = offset {
+            self.delivered_through.fetch_max(offset, Ordering::AcqRel);
         }
         let presence_revision = message
             .headers
@@ -297,8 +431,14 @@ impl NatsMessageHandler {
             .and_then(|value| value.as_str().parse::<u64>().ok());
         metrics::counter!(telemetry::EVENTS_RECEIVED).increment(1);
         let since = Instant::now();
+        let payload = &message.payload;
+        let positioned = match (&self.epoch, offset) {
+            (Some(epoch), Some(offset)) => splice_position(payload, epoch, offset),
+            _ => None,
+        };
+        let frame_payload = positioned.as_deref().unwrap_or(payload);
         let delivered = match check(parsed, payload, self.max_event_bytes)
-            .and_then(|route| self.deliver(route, payload, presence_revision, since))
+            .and_then(|route| self.deliver(route, frame_payload, presence_revision, since))
         {
             Ok(delivered) => delivered,
             Err(refusal) => {
