@@ -80,7 +80,7 @@ type Ws = WebSocketStream<TimedStream>;
 const GLOBAL_STREAM: u32 = u32::MAX - 1;
 const TICK_STREAM: u32 = u32::MAX - 2;
 
-const EVENT_TYPES: [EventType; 11] = [
+const EVENT_TYPES: [EventType; 12] = [
     EventType::GameState,
     EventType::RoomUpdate,
     EventType::CommandResponse,
@@ -92,6 +92,7 @@ const EVENT_TYPES: [EventType; 11] = [
     EventType::GameTick,
     EventType::Error,
     EventType::Pong,
+    EventType::Resumed,
 ];
 
 struct Ctx {
@@ -755,7 +756,7 @@ impl<'a> Player<'a> {
                     None => self.out.counters.unexpected_replies += 1,
                 }
             }
-            EventType::Pong => self.check_direct(seq),
+            EventType::Pong | EventType::Resumed => self.check_direct(seq),
             EventType::PlayerEntered
             | EventType::PlayerLeft
             | EventType::PlayerEnteredGame

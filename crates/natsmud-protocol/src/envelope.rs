@@ -25,6 +25,7 @@ pub enum EventType {
     GameTick,
     Error,
     Pong,
+    Resumed,
 }
 
 impl EventType {
@@ -41,6 +42,7 @@ impl EventType {
             Self::GameTick => "game_tick",
             Self::Error => "error",
             Self::Pong => "pong",
+            Self::Resumed => "resumed",
         }
     }
 }
@@ -203,6 +205,18 @@ pub struct ChatMessageData {
     pub sub_zone: Option<SubZoneId>,
 }
 
+/// The answer to a resume (`?since=` / `Last-Event-ID`), right after `game_state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumedData {
+    /// True: exactly the `missed` events follow, then live ones. False: they could not be
+    /// recovered (`reason`), and the fresh `game_state` stands.
+    pub recovered: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GameTickData {
     pub tick_number: u64,
@@ -226,6 +240,9 @@ pub struct ServerFrame {
     pub event_type: EventType,
     pub timestamp: String,
     pub sequence_number: u64,
+    /// Where a stream event stands (`<epoch>:<offset>`); resume from the last one seen.
+    #[serde(default)]
+    pub position: Option<String>,
     #[serde(default)]
     pub room_id: Option<String>,
     #[serde(default)]

@@ -61,6 +61,21 @@ pub fn splice_position(payload: &[u8], epoch: &str, offset: u64) -> Option<Vec<u
     Some(out)
 }
 
+/// A numbered frame (`{"sequence_number":N,…`) with `"position":"<epoch>:<offset>"` right
+/// after its number, as every positioned frame has it. `None` for a frame not numbered.
+pub fn splice_position_numbered(frame: &[u8], epoch: &str, offset: u64) -> Option<Vec<u8>> {
+    let rest = frame.strip_prefix(b"{\"sequence_number\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let (number, body) = rest.split_at(digits);
+    let positioned = splice_position(&[b"{", body.strip_prefix(b",")?].concat(), epoch, offset)?;
+    let mut out = Vec::with_capacity(positioned.len() + 40);
+    out.extend_from_slice(b"{\"sequence_number\":");
+    out.extend_from_slice(number);
+    out.push(b',');
+    out.extend_from_slice(&positioned[1..]);
+    Some(out)
+}
+
 /// The offset of a frame natsmud made with [`splice_position`] (after its
 /// `sequence_number`), without parsing the frame; `None` for a frame without a position.
 pub fn frame_offset(frame: &[u8]) -> Option<u64> {
@@ -122,6 +137,13 @@ mod tests {
             None
         );
         assert_eq!(splice_position(b"[]", "e", 1), None);
+        let greeting = br#"{"sequence_number":1,"event_type":"game_state","data":{}}"#;
+        let positioned = splice_position_numbered(greeting, "ep", 9).unwrap_or_default();
+        assert_eq!(
+            std::str::from_utf8(&positioned).unwrap_or_default(),
+            r#"{"sequence_number":1,"position":"ep:9","event_type":"game_state","data":{}}"#
+        );
+        assert_eq!(frame_offset(&positioned), Some(9));
         assert_eq!(
             splice_position(b"{}", "e", 1).unwrap_or_default(),
             br#"{"position":"e:1"}"#.to_vec()

@@ -22,7 +22,7 @@ use crate::services::game_tick::GameTickService;
 use crate::world::World;
 
 /// Largest event accepted from NATS is the client frame limit, but never less than this.
-const MIN_EVENT_BYTES: usize = 8 * 1024;
+pub const MIN_EVENT_BYTES: usize = 8 * 1024;
 
 /// How long shutdown waits for connections to say goodbye.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);

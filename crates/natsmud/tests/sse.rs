@@ -29,12 +29,17 @@ struct SseEvent {
 
 impl SsePlayer {
     async fn connect(app: &TestApp, account: Account) -> Self {
+        Self::connect_from(app, account, None).await
+    }
+
+    /// Connects as a browser's EventSource reconnects: with the last id it got.
+    async fn connect_from(app: &TestApp, account: Account, last_event_id: Option<&str>) -> Self {
         let http = reqwest::Client::new();
-        let response = http
-            .get(app.url(&format!("/api/events?token={}", account.access_token)))
-            .send()
-            .await
-            .unwrap();
+        let mut request = http.get(app.url(&format!("/api/events?token={}", account.access_token)));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.unwrap();
         assert_eq!(response.status().as_u16(), 200);
         assert!(
             response.headers()["content-type"]
@@ -83,11 +88,7 @@ impl SsePlayer {
         let event = self.next_event().await;
         assert_eq!(event.event, None, "{event:?}");
         let frame: ServerFrame = serde_json::from_str(&event.data).unwrap();
-        assert_eq!(
-            event.id,
-            Some(frame.sequence_number.to_string()),
-            "id is the sequence"
-        );
+        assert_eq!(event.id, frame.position, "the id is the position");
         frame
     }
 
@@ -197,6 +198,49 @@ async fn an_sse_player_and_a_websocket_player_see_each_other() {
         alice.expect(EventType::PlayerLeftGame).await.data["player_name"],
         "Bob"
     );
+}
+
+/// An EventSource that reconnects sends the last `id:` it got, which is the position of the
+/// last event: the player gets exactly what it missed, and the room never saw it go.
+#[tokio::test]
+async fn an_sse_client_resumes_with_last_event_id() {
+    let app = TestApp::spawn_with(|config| config.link_dead_grace_secs = 30).await;
+    let mut alice = app.join("Alice").await;
+    let account = app.register("Bob").await;
+    let mut bob = SsePlayer::connect(&app, account.clone()).await;
+    bob.expect(EventType::GameState).await;
+    alice.expect(EventType::PlayerEnteredGame).await;
+    alice.command("say first").await;
+    let heard = bob.expect(EventType::ChatMessage).await;
+    let last_id = heard.position.clone().expect("an SSE id");
+    alice.expect(EventType::CommandResponse).await;
+    drop(bob);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice.command("say second").await;
+    alice.expect(EventType::CommandResponse).await;
+    alice.command("whisper Bob third").await;
+    alice.expect(EventType::CommandResponse).await;
+    let mut bob = SsePlayer::connect_from(&app, account, Some(&last_id)).await;
+    bob.expect(EventType::GameState).await;
+    let answer = bob.expect(EventType::Resumed).await;
+    assert_eq!(answer.data["recovered"], true, "{answer:?}");
+    assert_eq!(answer.data["missed"], 2, "{answer:?}");
+    assert_eq!(
+        bob.expect(EventType::ChatMessage).await.data_str("message"),
+        "Alice says: second"
+    );
+    assert_eq!(
+        bob.expect(EventType::ChatMessage).await.data_str("message"),
+        "Alice whispers to you: third"
+    );
+    alice.command("say live").await;
+    assert_eq!(
+        bob.expect(EventType::ChatMessage).await.data_str("message"),
+        "Alice says: live"
+    );
+    // Alice never saw Bob leave or come back.
+    alice.expect(EventType::CommandResponse).await;
+    alice.expect_silence().await;
 }
 
 #[tokio::test]

@@ -49,6 +49,10 @@ const REMEMBER_DEPARTURES: Duration = Duration::from_secs(120);
 /// was away) is removed once this old.
 const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 
+/// The connection an entry names while its player is link-dead: in the world, held by a
+/// node, but with no connection (connection ids start at 1).
+pub const LINK_DEAD: u64 = 0;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PresenceError {
     #[error("presence is unavailable: {0}")]
@@ -73,6 +77,8 @@ pub struct Settings {
     /// a login) answers within it. JetStream's own default is 5 s, which a request in
     /// flight when the NATS connection drops would wait out.
     pub request_timeout: Duration,
+    /// How long a player whose connection dropped stays in the world (link-dead).
+    pub link_dead_grace: Duration,
 }
 
 impl Settings {
@@ -84,6 +90,7 @@ impl Settings {
             ticks: config.tick_interval().is_some(),
             replicas: config.nats_replicas as usize,
             request_timeout: config.publish_timeout(),
+            link_dead_grace: config.link_dead_grace(),
         }
     }
 }
@@ -463,6 +470,25 @@ impl Presence {
         }
     }
 
+    /// Keeps the player in the world with no connection (link-dead) for the grace period,
+    /// if the connection at `revision` still holds it: a login within the grace takes the
+    /// entry over and the player never left; otherwise this node's sweep writes it off
+    /// and announces the departure once. `Taken` when another connection holds it already.
+    pub async fn link_dead(
+        &self,
+        player: &PlayerId,
+        name: &PlayerName,
+        room: &RoomId,
+        revision: u64,
+    ) -> Result<u64, PresenceError> {
+        self.moved(player, name, room, LINK_DEAD, revision).await
+    }
+
+    /// The grace a link-dead player gets (zero: none).
+    pub fn link_dead_grace(&self) -> Duration {
+        self.0.settings.link_dead_grace
+    }
+
     /// This node's own write, in its roster at once (the watch will bring the same).
     fn note(
         &self,
@@ -770,10 +796,18 @@ impl Presence {
             if !self.0.roster.is_current() || self.store().is_err() {
                 continue;
             }
+            let grace = self.0.settings.link_dead_grace;
             for (player, seen) in self.0.roster.orphans(&self.0.own) {
-                self.write_off(&publisher, &player, &seen).await;
+                if grace.is_zero() {
+                    self.write_off(&publisher, &player, &seen).await;
+                } else {
+                    // A dead node's players get the grace too, counted from now: they can
+                    // reconnect to another node and resume without anyone seeing them go.
+                    self.adopt_link_dead(&player, &seen).await;
+                }
             }
-            // Entries of this node's without a connection here: a release that failed.
+            // Entries of this node's without a connection here: link-dead players, and
+            // releases that failed.
             let now = Instant::now();
             let mut still = std::collections::HashMap::new();
             for (player, seen) in self.0.roster.held_by(&self.0.own) {
@@ -784,13 +818,33 @@ impl Presence {
                     .get(&player)
                     .filter(|(revision, _)| *revision == seen.revision)
                     .map_or(now, |(_, since)| *since);
-                if now.duration_since(since) >= ORPHAN_GRACE {
+                let link_dead = seen
+                    .holder
+                    .as_ref()
+                    .is_some_and(|holder| holder.connection == LINK_DEAD);
+                let wait = if link_dead { grace } else { ORPHAN_GRACE };
+                if now.duration_since(since) >= wait {
                     self.write_off(&publisher, &player, &seen).await;
                 } else {
                     still.insert(player, (seen.revision, since));
                 }
             }
             unheld = still;
+        }
+    }
+
+    /// Takes a dead node's player over as link-dead (if its entry is still as seen), so
+    /// that this node's sweep writes it off when the grace is over.
+    async fn adopt_link_dead(&self, player: &PlayerId, seen: &Seen) {
+        let Some(room) = seen.room.as_deref().and_then(|r| RoomId::parse(r).ok()) else {
+            return;
+        };
+        if self
+            .moved(player, &seen.name, &room, LINK_DEAD, seen.revision)
+            .await
+            .is_ok()
+        {
+            tracing::info!(player = %seen.name, "a node is gone: its player is link-dead here for the grace period");
         }
     }
 

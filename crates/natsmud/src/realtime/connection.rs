@@ -36,6 +36,79 @@ impl Queued {
     }
 }
 
+/// What a connection's writer sends, in order: first the frames a resume put in front
+/// (the greeting, `resumed`, the missed events), then the connection's queue — less the
+/// live events the missed ones already covered, so that nothing comes twice at the seam.
+#[derive(Debug)]
+pub struct Outbound {
+    first: std::collections::VecDeque<Queued>,
+    queue: mpsc::Receiver<Queued>,
+    /// Live events up to this stream sequence were sent among the missed ones (0: none).
+    covered_through: u64,
+}
+
+impl Outbound {
+    pub fn new(queue: mpsc::Receiver<Queued>) -> Self {
+        Self {
+            first: std::collections::VecDeque::new(),
+            queue,
+            covered_through: 0,
+        }
+    }
+
+    /// Sends `frames` before anything queued, and drops queued events up to
+    /// `covered_through`.
+    pub fn put_first(&mut self, frames: Vec<Queued>, covered_through: u64) {
+        self.first.extend(frames);
+        self.covered_through = covered_through;
+    }
+
+    /// The greeting `connect` queued (always first in the queue), taken out so that a
+    /// resume can put its frames right behind it.
+    pub fn take_greeting(&mut self) -> Option<Queued> {
+        self.queue.try_recv().ok()
+    }
+
+    pub async fn recv(&mut self) -> Option<Queued> {
+        if let Some(queued) = self.first.pop_front() {
+            return Some(queued);
+        }
+        loop {
+            let queued = self.queue.recv().await?;
+            if self.fresh(&queued) {
+                return Some(queued);
+            }
+        }
+    }
+
+    pub fn try_recv(&mut self) -> Result<Queued, mpsc::error::TryRecvError> {
+        if let Some(queued) = self.first.pop_front() {
+            return Ok(queued);
+        }
+        loop {
+            let queued = self.queue.try_recv()?;
+            if self.fresh(&queued) {
+                return Ok(queued);
+            }
+        }
+    }
+
+    fn fresh(&mut self, queued: &Queued) -> bool {
+        if self.covered_through == 0 {
+            return true;
+        }
+        match natsmud_protocol::position::frame_offset(queued.frame.as_bytes()) {
+            Some(offset) if offset <= self.covered_through => false,
+            // Positions only grow along a connection: nothing later can be covered.
+            Some(_) => {
+                self.covered_through = 0;
+                true
+            }
+            None => true,
+        }
+    }
+}
+
 /// Opens once; frames behind it wait until then (see [`Queued::gate`]).
 #[derive(Debug, Clone, Default)]
 pub struct Gate(Arc<GateState>);
@@ -113,9 +186,16 @@ pub struct CloseReason {
 }
 
 impl CloseReason {
-    pub const NORMAL: Self = Self {
+    /// The player quit: it leaves the game at once.
+    pub const QUIT: Self = Self {
         code: 1000,
         reason: "goodbye",
+        drain: true,
+    };
+    /// The peer went away (or closed): its player is link-dead for the grace period.
+    pub const NORMAL: Self = Self {
+        code: 1000,
+        reason: "closed",
         drain: true,
     };
     pub const SHUTDOWN: Self = Self {

@@ -9,7 +9,7 @@ pub mod nats_handler;
 pub mod resume;
 pub mod stream;
 
-pub use connection::{CloseReason, ConnectionHandle, Frame, Kick, Queued, Transport};
+pub use connection::{CloseReason, ConnectionHandle, Frame, Kick, Outbound, Queued, Transport};
 pub use connection_manager::ConnectionManager;
 pub use event_publisher::{EventPublisher, PublishError};
 pub use interest::{Interests, SubscriptionMode, Wanted};

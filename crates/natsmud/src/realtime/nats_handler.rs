@@ -312,7 +312,10 @@ impl NatsMessageHandler {
                 return;
             }
             restore_publish_order(&mut batch, |(_, message)| message);
-            self.follow_epoch().await;
+            // The stream's order is the world's: events taken from several subscriptions
+            // go out in it, so positions only grow along every connection.
+            batch.sort_by_key(|(_, message)| stream_sequence(message).unwrap_or(u64::MAX));
+            self.follow_epoch();
             for (interest, message) in batch.drain(..) {
                 self.handle(&interest, &message);
             }
@@ -320,7 +323,7 @@ impl NatsMessageHandler {
     }
 
     /// Takes up a new epoch of the stream (it was created again: sequences start over).
-    async fn follow_epoch(&mut self) {
+    fn follow_epoch(&mut self) {
         let current = self.stream.epoch();
         if current.is_some() && current != self.epoch {
             self.epoch = current;
@@ -332,11 +335,7 @@ impl NatsMessageHandler {
     /// Routes one event as the stream republished it, through the subscription of
     /// `interest`.
     pub fn handle(&mut self, interest: &Interest, message: &async_nats::Message) {
-        let offset = message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(async_nats::header::NATS_SEQUENCE))
-            .and_then(|value| value.as_str().parse::<u64>().ok());
+        let offset = stream_sequence(message);
         let Some(parsed) = Subject::parse_live(&self.prefix, message.subject.as_str()) else {
             return;
         };
@@ -561,6 +560,17 @@ impl NatsMessageHandler {
             );
         }
     }
+}
+
+/// The sequence the world's stream stored a republished event under.
+fn stream_sequence(message: &async_nats::Message) -> Option<u64> {
+    message
+        .headers
+        .as_ref()?
+        .get(async_nats::header::NATS_SEQUENCE)?
+        .as_str()
+        .parse()
+        .ok()
 }
 
 fn unix_millis() -> i128 {

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use natsmud_protocol::{ClientMessage, ErrorCode, ProtocolError, RoomId};
+use natsmud_protocol::envelope::ResumedData;
+use natsmud_protocol::position::splice_position_numbered;
+use natsmud_protocol::{ClientMessage, Envelope, ErrorCode, EventType, ProtocolError, RoomId};
 use tokio::sync::mpsc;
 
 use crate::db::Account;
@@ -13,10 +15,12 @@ use crate::game::{self, Flow, Session};
 use crate::limits::{CommandLimiter, Verdict};
 use crate::presence::roster::{Holder, Seen};
 use crate::presence::{Departure, PresenceError};
+use crate::realtime::Outbound;
 use crate::realtime::Wanted;
 use crate::realtime::connection_manager::{
     CloseReason, ConnectionHandle, Identity, ManagerError, Queued, Transport,
 };
+use crate::realtime::resume::{NotRecovered, ResumeFrom, View, read_missed};
 use crate::startup::AppState;
 use crate::telemetry;
 
@@ -26,15 +30,18 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Attached {
     pub conn: ConnectionHandle,
-    pub outbound: mpsc::Receiver<Queued>,
+    pub outbound: Outbound,
     pub commands: mpsc::Receiver<ClientMessage>,
     pub limiter: CommandLimiter,
 }
 
+/// Lets the player in on this connection; with `resume`, sends what it missed since then
+/// right after its greeting (see `realtime::resume`).
 pub async fn attach(
     app: &AppState,
     account: &Account,
     transport: Transport,
+    resume: Option<ResumeFrom>,
 ) -> Result<Attached, ManagerError> {
     // A command of the connection this one replaces finishes first (see `Member::actions`).
     let actions = app.manager.action_lock(&account.id);
@@ -121,13 +128,22 @@ pub async fn attach(
             .room(arrival.room.as_str())
             .unwrap_or_else(|| world.start());
         let occupants = game::occupants_with(presence_model, &room.id, &account.name);
-        game::game_state(
+        let greeting = game::game_state(
             &account.id,
             &account.name,
             room,
             occupants,
             arrival.sequence,
-        )
+        );
+        // Where this connection starts in the event stream: a client that got nothing
+        // else can resume from here.
+        let start = app
+            .delivered_through
+            .load(std::sync::atomic::Ordering::Acquire);
+        app.stream
+            .epoch()
+            .and_then(|epoch| splice_position_numbered(&greeting, &epoch, start))
+            .map_or(greeting, bytes::Bytes::from)
     };
     let connected = app.manager.connect(
         account.id.clone(),
@@ -153,15 +169,21 @@ pub async fn attach(
     };
     drop(listening);
     drop(turn);
+    // Whether the player was still in the world (the claim took it over): unknown when
+    // presence was unavailable.
+    let stayed = entered_game.map(|entered| !entered);
     let entered_game = entered_game.unwrap_or(connected.entered_game);
     metrics::gauge!(telemetry::CONNECTIONS, "transport" => transport.as_str()).increment(1.0);
     tracing::info!(entered_game, transport = transport.as_str(), "connected");
-    let attached = Attached {
+    let mut attached = Attached {
         conn: connected.handle,
-        outbound: connected.outbound,
+        outbound: Outbound::new(connected.outbound),
         commands: connected.commands,
         limiter: CommandLimiter::new(app.player_limits.clone(), account.id.clone()),
     };
+    if let Some(resume) = resume {
+        resume_missed(app, &mut attached, &connected.room, stayed, resume).await;
+    }
     let session = Session {
         game: app.game(),
         conn: &attached.conn,
@@ -173,6 +195,79 @@ pub async fn attach(
             .await;
     }
     Ok(attached)
+}
+
+/// Puts `resumed` and the events the player missed right behind its greeting. `stayed`:
+/// whether the player was still in the world (link-dead, or connected elsewhere) when it
+/// came back (`None`: unknown, presence was unavailable).
+async fn resume_missed(
+    app: &AppState,
+    attached: &mut Attached,
+    room: &RoomId,
+    stayed: Option<bool>,
+    resume: ResumeFrom,
+) {
+    let outcome = match resume {
+        ResumeFrom::Malformed => Err(NotRecovered::InvalidPosition),
+        ResumeFrom::Position(_) if stayed.is_none() => Err(NotRecovered::Unavailable),
+        ResumeFrom::Position(_) if stayed == Some(false) => Err(NotRecovered::LeftTheGame),
+        ResumeFrom::Position(since) => {
+            let sub_zone = &app
+                .world
+                .room(room.as_str())
+                .unwrap_or_else(|| app.world.start())
+                .sub_zone;
+            let view = View {
+                player: &attached.conn.player_id,
+                room,
+                sub_zone,
+            };
+            // A storm of resumes reads the stream a few at a time; live events queue
+            // for each meanwhile.
+            let _slot = app.resume_slots.acquire().await;
+            read_missed(
+                &app.stream,
+                &app.config.subject_prefix,
+                (app.config.max_frame_bytes as usize).max(crate::startup::MIN_EVENT_BYTES),
+                u64::from(app.config.resume_max_missed),
+                &since,
+                &view,
+            )
+            .await
+        }
+    };
+    let data = match &outcome {
+        Ok(missed) => ResumedData {
+            recovered: true,
+            missed: Some(missed.frames.len()),
+            reason: None,
+        },
+        Err(reason) => ResumedData {
+            recovered: false,
+            missed: None,
+            reason: Some(reason.as_str().to_owned()),
+        },
+    };
+    let outcome_label = match &outcome {
+        Ok(_) => "recovered",
+        Err(reason) => reason.as_str(),
+    };
+    metrics::counter!(telemetry::RESUMES, "outcome" => outcome_label).increment(1);
+    tracing::info!(outcome = outcome_label, missed = ?data.missed, "resume");
+    let mut first: Vec<Queued> = attached.outbound.take_greeting().into_iter().collect();
+    first.extend(
+        attached
+            .conn
+            .direct_frame(Envelope::new(EventType::Resumed, data)),
+    );
+    let covered_through = match outcome {
+        Ok(missed) => {
+            first.extend(missed.frames);
+            missed.covered_through
+        }
+        Err(_) => 0,
+    };
+    attached.outbound.put_first(first, covered_through);
 }
 
 /// Whether a message still has to pass the player's rate limit: `POST /api/command`
@@ -231,7 +326,7 @@ pub async fn handle(
     match message {
         Ok(message) => {
             if session.handle_message(message).await == Flow::Quit {
-                conn.kick.close(CloseReason::NORMAL);
+                conn.kick.close(CloseReason::QUIT);
             }
         }
         Err(error) => session.send_error(&error).await,
@@ -241,10 +336,46 @@ pub async fn handle(
 pub async fn detach(app: &AppState, conn: &ConnectionHandle) {
     conn.kick.close(CloseReason::NORMAL);
     metrics::gauge!(telemetry::CONNECTIONS, "transport" => conn.transport.as_str()).decrement(1.0);
-    if let Some(room) = app.manager.disconnect(conn) {
+    if let Some(room) = app.manager.disconnect(conn)
+        && !kept_link_dead(app, conn, &room).await
+    {
         announce_departure(app, conn, &room).await;
     }
     tracing::info!(reason = conn.kick.reason().reason, "disconnected");
+}
+
+/// Keeps the player in the world, link-dead, when its connection dropped without `quit`
+/// (see `Presence::link_dead`): true when it stays (or another connection holds it).
+async fn kept_link_dead(app: &AppState, conn: &ConnectionHandle, room: &RoomId) -> bool {
+    let reason = conn.kick.reason();
+    let held = conn.presence_revision();
+    if app.presence.link_dead_grace().is_zero()
+        || held == 0
+        || reason == CloseReason::QUIT
+        || reason == CloseReason::REPLACED
+    {
+        return false;
+    }
+    match app
+        .presence
+        .link_dead(&conn.player_id, &conn.name, room, held)
+        .await
+    {
+        Ok(_) => {
+            metrics::counter!(telemetry::LINK_DEAD).increment(1);
+            tracing::info!(
+                grace_secs = app.presence.link_dead_grace().as_secs(),
+                "link-dead: the player stays in the world for the grace period"
+            );
+            true
+        }
+        // Another login holds the player now: it never left.
+        Err(PresenceError::Taken) => true,
+        Err(error) => {
+            tracing::warn!(%error, "cannot keep the player link-dead; it leaves");
+            false
+        }
+    }
 }
 
 /// Gives the player's presence back and, when this connection was still the one holding

@@ -14,14 +14,15 @@ use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use natsmud_protocol::envelope::leading_sequence;
-use tokio::sync::mpsc;
+use natsmud_protocol::position::frame_offset;
 use tracing::Instrument;
 
 use super::session::{self, Admission, Attached};
 use super::ws::authenticate;
 use crate::error::ApiError;
+use crate::realtime::connection::Outbound;
 use crate::realtime::connection_manager::{Kick, ManagerError, Queued, Transport};
+use crate::realtime::resume::ResumeFrom;
 use crate::startup::AppState;
 use crate::telemetry;
 
@@ -30,18 +31,26 @@ const KEEP_ALIVE: Duration = Duration::from_secs(20);
 pub async fn events(
     State(app): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     let account = match authenticate(&app, query.get("token").map(String::as_str), true).await {
         Ok(account) => account,
         Err(error) => return error.into_response(),
     };
+    // A browser's EventSource sends the last `id:` it got by itself when it reconnects;
+    // `?since=` serves a client starting a new EventSource (after a page reload, say).
+    let resume = headers
+        .get("last-event-id")
+        .map(|value| value.to_str().unwrap_or_default().to_owned())
+        .or_else(|| query.get("since").cloned())
+        .map(|since| ResumeFrom::parse(&since));
     let span = tracing::info_span!("connection", player = %account.name);
     let Attached {
         conn,
         outbound,
         mut commands,
         mut limiter,
-    } = match session::attach(&app, &account, Transport::Sse)
+    } = match session::attach(&app, &account, Transport::Sse, resume)
         .instrument(span.clone())
         .await
     {
@@ -94,7 +103,7 @@ enum StreamState {
 }
 
 fn event_stream(
-    outbound: mpsc::Receiver<Queued>,
+    outbound: Outbound,
     kick: Arc<Kick>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let guard = CloseOnDrop(kick);
@@ -149,8 +158,18 @@ fn event_stream(
 fn frame_event(queued: Queued) -> Event {
     metrics::histogram!(telemetry::DELIVERY_SECONDS).record(queued.since.elapsed().as_secs_f64());
     let event = Event::default().data(queued.frame.as_str());
-    match leading_sequence(queued.frame.as_bytes()) {
-        Some(sequence) => event.id(sequence.to_string()),
+    // The id is the frame's position, which the browser hands back as `Last-Event-ID` when
+    // it reconnects; frames without one leave the last id as it was.
+    match frame_position(queued.frame.as_str()) {
+        Some(position) => event.id(position),
         None => event,
     }
+}
+
+/// The `position` string of a positioned frame (it follows the `sequence_number`).
+fn frame_position(frame: &str) -> Option<&str> {
+    frame_offset(frame.as_bytes())?;
+    let start = frame.find("\"position\":\"")? + "\"position\":\"".len();
+    let length = frame[start..].find('"')?;
+    Some(&frame[start..start + length])
 }

@@ -29,10 +29,11 @@ use super::session::{self, Admission, Attached};
 use crate::db::Account;
 use crate::error::ApiError;
 use crate::limits::{CommandLimiter, Verdict};
-use crate::realtime::connection::Gate;
+use crate::realtime::connection::{Gate, Outbound};
 use crate::realtime::connection_manager::{
     CloseReason, ConnectionHandle, Kick, ManagerError, Queued, Transport,
 };
+use crate::realtime::resume::ResumeFrom;
 use crate::startup::AppState;
 use crate::telemetry;
 
@@ -69,6 +70,7 @@ pub async fn upgrade(
             .into_response();
         }
     };
+    let resume = query.get("since").map(|since| ResumeFrom::parse(since));
     let max_frame = app.config.max_frame_bytes as usize;
     // The transport refuses frames well above our limit by itself; frames between the two
     // are read and refused by us with 1009 and a reason.
@@ -82,7 +84,7 @@ pub async fn upgrade(
         .max_write_buffer_size(MAX_WRITE_BUFFER.max(transport_limit + WRITE_BUFFER))
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("connection", player = %account.name);
-            run_connection(app, socket, account).instrument(span)
+            run_connection(app, socket, account, resume).instrument(span)
         })
 }
 
@@ -113,9 +115,14 @@ pub async fn authenticate(
     Ok(account)
 }
 
-async fn run_connection(app: AppState, mut socket: WebSocket, account: Account) {
+async fn run_connection(
+    app: AppState,
+    mut socket: WebSocket,
+    account: Account,
+    resume: Option<ResumeFrom>,
+) {
     let _alive = app.connections.token();
-    let attached = match session::attach(&app, &account, Transport::WebSocket).await {
+    let attached = match session::attach(&app, &account, Transport::WebSocket, resume).await {
         Ok(attached) => attached,
         Err(error) => {
             let reason = match error {
@@ -308,7 +315,7 @@ pub(crate) const GATE_WAIT: Duration = Duration::from_secs(30);
 /// What the writer task owns.
 struct Writer {
     sink: SplitSink<WebSocket, Message>,
-    outbound: mpsc::Receiver<Queued>,
+    outbound: Outbound,
     kick: Arc<Kick>,
     /// Cancelled once the reader has run its last command (and queued its last reply).
     reader_done: CancellationToken,
@@ -348,7 +355,7 @@ impl Backlog {
 /// queued, at most [`WRITE_BATCH`] in all), then flushes once.
 async fn write_ready(
     sink: &mut SplitSink<WebSocket, Message>,
-    outbound: &mut mpsc::Receiver<Queued>,
+    outbound: &mut Outbound,
     backlog: &mut Backlog,
     kick: &Kick,
     delivery_seconds: &metrics::Histogram,

@@ -171,6 +171,8 @@ impl TestApp {
         config.max_connections_per_ip = 0;
         config.password_hash_memory_kib = 64;
         config.password_hash_iterations = 1;
+        // A dropped connection leaves at once unless a test is about the link-dead grace.
+        config.link_dead_grace_secs = 0;
         // scripts/test runs the gameplay and auth suites a second time on PostgreSQL.
         let postgres =
             (std::env::var("NATSMUD_TEST_DATABASE").as_deref() == Ok("postgres")).then(|| {
@@ -589,7 +591,26 @@ pub async fn register_at(addr: &str, name: &str) -> Account {
 
 /// Opens a WebSocket at `addr` as `account`.
 pub async fn connect_at(addr: &str, account: &Account) -> Player {
-    let url = format!("ws://{addr}/api/ws?token={}", account.access_token);
+    connect_url(
+        format!("ws://{addr}/api/ws?token={}", account.access_token),
+        account,
+    )
+    .await
+}
+
+/// Opens a WebSocket at `addr` as `account`, resuming from `since`.
+pub async fn resume_at(addr: &str, account: &Account, since: &str) -> Player {
+    connect_url(
+        format!(
+            "ws://{addr}/api/ws?token={}&since={since}",
+            account.access_token
+        ),
+        account,
+    )
+    .await
+}
+
+async fn connect_url(url: String, account: &Account) -> Player {
     let (socket, _) = tokio_tungstenite::connect_async(url)
         .await
         .expect("websocket connects");
