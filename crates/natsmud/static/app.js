@@ -50,6 +50,9 @@
     pingTimer: null,
     watchdogTimer: null,
     connectedOnce: false, // a game_state has been received on some connection
+    position: null, // the last event position received: what a reconnect resumes from
+    resuming: false, // this connection asked to resume from `position`
+    greetingPosition: null, // where this connection started (from its game_state)
     lostNoticeShown: false,
     quitRequested: false,
     room: null,
@@ -199,6 +202,7 @@
   function enterGame(session) {
     state.session = session;
     state.connectedOnce = false;
+    state.position = null;
     state.quitRequested = false;
     state.attempt = 0;
     state.room = null;
@@ -279,6 +283,7 @@
     closeTransport();
     if (!state.session) return;
     const generation = ++state.generation;
+    state.resuming = Boolean(state.position);
     setStatus(state.connectedOnce ? 'reconnecting' : 'connecting',
       state.connectedOnce ? 'reconnecting…' : 'connecting…');
     state.conn = wantSse() ? openSse(generation) : openWebSocket(generation);
@@ -298,9 +303,14 @@
     if (conn) conn.close();
   }
 
+  /** `&since=<position>` when there is a position to resume from. */
+  function sinceParam() {
+    return state.resuming ? `&since=${encodeURIComponent(state.position)}` : '';
+  }
+
   function openWebSocket(generation) {
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-    const url = `${scheme}://${location.host}/api/ws?token=${encodeURIComponent(state.session.token)}`;
+    const url = `${scheme}://${location.host}/api/ws?token=${encodeURIComponent(state.session.token)}${sinceParam()}`;
     let opened = false;
     let socket;
     try {
@@ -340,7 +350,9 @@
   }
 
   function openSse(generation) {
-    const url = `/api/events?token=${encodeURIComponent(state.session.token)}`;
+    // A fresh EventSource each time (this client closes one that fails), so the position
+    // goes in the URL rather than in the Last-Event-ID a browser sends by itself.
+    const url = `/api/events?token=${encodeURIComponent(state.session.token)}${sinceParam()}`;
     let opened = false;
     const source = new EventSource(url);
     const onMessage = (event) => {
@@ -547,8 +559,17 @@
     if (!frame || typeof frame !== 'object') return;
     resetWatchdog();
     const data = frame.data && typeof frame.data === 'object' ? frame.data : {};
+    const position = typeof frame.position === 'string' && frame.position ? frame.position : null;
+    if (frame.event_type === 'game_state') {
+      // Where this connection starts; while resuming, the missed events come first.
+      state.greetingPosition = position;
+      if (!state.resuming && position) state.position = position;
+    } else if (position) {
+      state.position = position;
+    }
     switch (frame.event_type) {
       case 'game_state': return onGameState(data);
+      case 'resumed': return onResumed(data);
       case 'room_update': return onRoomUpdate(data);
       case 'command_response': return printResponse(str(data.result), frame.timestamp);
       case 'player_entered':
@@ -562,6 +583,27 @@
       case 'error': return printError(str(data.message) || str(data.code) || 'Error', str(data.code), frame.timestamp);
       default: return undefined; // pong and anything newer
     }
+  }
+
+  /** The answer to a resume: the missed events (if any) follow it. */
+  function onResumed(data) {
+    state.resuming = false;
+    if (data.recovered === true) {
+      const missed = Number(data.missed) || 0;
+      printSystem(missed === 0
+        ? 'Reconnected — nothing missed.'
+        : `Reconnected — nothing missed (${missed} event${missed === 1 ? '' : 's'} while you were away below).`);
+      return;
+    }
+    if (state.greetingPosition) state.position = state.greetingPosition;
+    const why = {
+      window_exceeded: 'you were away too long',
+      epoch_changed: 'the server lost its event history',
+      too_many: 'too much happened while you were away',
+      left_the_game: 'you had left the game',
+      unavailable: 'the event history is unavailable',
+    }[str(data.reason)] || str(data.reason);
+    printSystem(`Reconnected — some events could not be recovered${why ? ` (${why})` : ''}.`);
   }
 
   function str(value) {
@@ -582,7 +624,9 @@
     state.lostNoticeShown = false;
     setStatus('connected', `connected · ${transportLabel()}`);
     hideBanner();
-    printSystem(again ? 'Reconnected.' : `Welcome, ${player.name || state.session.player_name}. Type help for the commands.`);
+    if (!state.resuming) {
+      printSystem(again ? 'Reconnected.' : `Welcome, ${player.name || state.session.player_name}. Type help for the commands.`);
+    }
     setRoom(data.room, data.occupants);
   }
 

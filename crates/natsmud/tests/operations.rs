@@ -15,7 +15,10 @@ use natsmud_protocol::EventType;
 async fn sigterm_drains_players_tells_the_world_and_exits_zero() {
     let nats = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
-    let (mut child, addr) = common::spawn_binary(&nats.url, data.path(), &[]);
+    // Without a grace: with one, a node shutting down leaves its players link-dead, so
+    // that they resume on another node (tests/resume.rs).
+    let (mut child, addr) =
+        common::spawn_binary(&nats.url, data.path(), &["--link-dead-grace-secs", "0"]);
     let mut players = Vec::new();
     for name in ["Alice", "Bob"] {
         let account = common::register_at(&addr, name).await;
