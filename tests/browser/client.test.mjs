@@ -211,13 +211,63 @@ describe('natsmud web client', { concurrency: 1 }, () => {
     await sleep(1500); // a few failed attempts while the server is down
     await stack.startServer();
     await waitForStatus(a.page, 'connected', 20000);
-    await waitForOutput(a.page, 'Reconnected.', 5000);
+    // The server kept the player link-dead while it restarted, and the stream still
+    // holds what happened: the client resumed from its last position.
+    await waitForOutput(a.page, 'Reconnected — nothing missed', 5000);
     assert.equal(await roomId(a.page), room);
     assert.equal(await a.page.isHidden('#banner'), true);
     await waitForStatus(b.page, 'connected', 20000);
     // Still talking to each other afterwards.
     await typeCommand(b.page, 'say back again');
     await waitForOutput(a.page, `${b.name} says: back again`);
+  }));
+
+  it('resumes after its socket is cut, showing what it missed once, in order', { timeout: TEST_TIMEOUT }, () => withLogs(async () => {
+    // Cy's WebSockets go through the test, which can cut them and refuse new ones for a
+    // while, as a network that drops would.
+    const c = { page: await newPage(), name: uniqueName('Cy') };
+    const d = { page: await newPage(), name: uniqueName('Di') };
+    let socket = null;
+    let refusing = false;
+    await c.page.routeWebSocket(/\/api\/ws/, (ws) => {
+      if (refusing) {
+        ws.close({ code: 4000, reason: 'cut by the test' });
+        return;
+      }
+      ws.connectToServer();
+      socket = ws;
+    });
+    await signIn(c.page, stack.baseUrl, 'register', c.name, PASSWORD);
+    await waitForOutput(c.page, `Welcome, ${c.name}`);
+    await signIn(d.page, stack.baseUrl, 'register', d.name, PASSWORD);
+    await waitForOutput(d.page, `Welcome, ${d.name}`);
+    await waitForOutput(c.page, `${d.name} has entered the game.`);
+    await typeCommand(d.page, 'say one');
+    await waitForOutput(c.page, `${d.name} says: one`);
+
+    refusing = true;
+    socket.close({ code: 4000, reason: 'cut by the test' });
+    await waitForStatus(c.page, 'reconnecting');
+    await typeCommand(d.page, 'say two');
+    await waitForOutput(d.page, 'You say: two');
+    await typeCommand(d.page, 'emote waves');
+    await waitForOutput(d.page, `${d.name} waves.`);
+    refusing = false;
+
+    await waitForStatus(c.page, 'connected', 20000);
+    await waitForOutput(c.page, 'Reconnected — nothing missed (2 events', 10000);
+    await waitForOutput(c.page, `${d.name} waves.`);
+    assert.equal(await countOutput(c.page, `${d.name} says: two`), 1);
+    assert.equal(await countOutput(c.page, `${d.name} waves.`), 1);
+    const text = await c.page.textContent('#output');
+    assert.ok(text.indexOf(`${d.name} says: two`) < text.indexOf(`${d.name} waves.`), 'in order');
+    // The room never saw Cy go.
+    assert.equal(await countOutput(d.page, `${c.name} has left the game.`), 0);
+    // And live again.
+    await typeCommand(d.page, 'say three');
+    await waitForOutput(c.page, `${d.name} says: three`);
+    await c.page.context().close();
+    await d.page.context().close();
   }));
 
   it('plays over server-sent events with ?transport=sse', { timeout: TEST_TIMEOUT }, async (t) => {

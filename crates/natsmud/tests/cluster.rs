@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{KillOnDrop, NatsCluster, Player, Received, TestApp};
+use futures::SinkExt;
 use natsmud_protocol::EventType;
 use serde_json::json;
 
@@ -324,9 +325,10 @@ async fn one_tick_per_interval_across_three_nodes_even_when_the_leader_dies() {
             .map(|pair| pair[1] - pair[0])
             .max()
             .unwrap();
-        // One lease (1 s = 10 ticks) and an interval, at most.
+        // One lease (1 s = 10 ticks), an interval, and the time the lease's expiry takes
+        // to be seen (up to a few intervals on a loaded 2-core machine), at most.
         assert!(
-            gap <= 12,
+            gap <= 15,
             "a gap of {gap} ticks when the leader died (player {n})"
         );
         assert!(ticks.last().unwrap() > &before[n]);
@@ -365,21 +367,38 @@ async fn a_nats_cluster_losing_a_server_keeps_serving() {
     // printed, for docs/cluster.md.
     let lost_at = Instant::now();
     cluster.servers[0].stop();
-    // Alice's node reconnects elsewhere; it closes her (events may have been missed) and
-    // she comes back; Bob's node never lost its server.
-    let reason = alice.expect_closed_with(4008).await;
-    assert!(reason.starts_with("events_lost"), "{reason}");
-    let closed_after = lost_at.elapsed();
-    let mut alice = a.rejoin(&alice).await;
-    // Presence survived: both are listed, from either node.
+    // Alice's node reconnects elsewhere and catches her up from the stream; only if the
+    // stream stays unreachable past its patience does it close her (4008 `events_lost`)
+    // and she comes back. Bob's node never lost its server. Presence survived: both are
+    // listed, from either node.
     let deadline = Instant::now() + FAILOVER;
+    let mut closed_after = None;
     loop {
-        let who = alice.reply("who").await;
-        if who.data["result"] == "Players online (2): Alice, Bob" {
+        match alice.next_within(Duration::from_millis(200)).await {
+            Some(Received::Closed(close)) => {
+                let (code, reason) = close.expect("a close frame");
+                assert_eq!(code, 4008, "{reason}");
+                assert!(reason.starts_with("events_lost"), "{reason}");
+                closed_after = Some(lost_at.elapsed());
+                alice = a.rejoin(&alice).await;
+                continue;
+            }
+            Some(Received::Frame(_)) => continue,
+            None => {}
+        }
+        let asked = alice
+            .socket
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                json!({"type": "game_command", "data": {"command": "who"}}).to_string(),
+            ))
+            .await;
+        if asked.is_ok()
+            && let Some(Received::Frame(who)) = alice.next_within(Duration::from_secs(3)).await
+            && who.data["result"] == "Players online (2): Alice, Bob"
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "{who:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(Instant::now() < deadline, "the roster never healed");
     }
     let listed_after = lost_at.elapsed();
     assert_eq!(
@@ -406,8 +425,8 @@ async fn a_nats_cluster_losing_a_server_keeps_serving() {
     let next = tick(&mut bob).await;
     assert!(next > first);
     println!(
-        "failover: node closed its players after {closed_after:?}, roster whole after \
-         {listed_after:?}, ticks after {ticking_after:?}"
+        "failover: node closed its players after {closed_after:?} (None: caught them up), \
+         roster whole after {listed_after:?}, ticks after {ticking_after:?}"
     );
 }
 

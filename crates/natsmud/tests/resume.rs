@@ -83,6 +83,12 @@ async fn a_dropped_player_resumes_with_exactly_what_it_missed_and_nobody_saw_it_
         alice.command(line).await;
         alice.expect(EventType::CommandResponse).await;
     }
+    // `who` still lists Bob, marked.
+    let who = alice.reply("who").await;
+    assert_eq!(
+        who.data_str("result"),
+        "Players online (2): Alice, Bob (link-dead)"
+    );
     let mut carol = app.join("Carol").await;
     // Nobody saw Bob leave.
     alice.expect(EventType::PlayerEnteredGame).await;
@@ -318,6 +324,103 @@ async fn a_player_resumes_on_another_node_when_its_node_dies() {
     assert_eq!(
         bob.expect(EventType::ChatMessage).await.data_str("message"),
         "Alice says: while you were away"
+    );
+    alice.expect_silence().await;
+}
+
+/// A node whose NATS server goes away reconnects to another server of the cluster and
+/// catches its players up from the stream on what other nodes published meanwhile: every
+/// event once, in order. (If it cannot, it closes them with 4008 `events_lost` and they
+/// resume: nothing is lost silently either way; the test says which happened.)
+#[tokio::test]
+async fn a_node_that_loses_its_nats_server_catches_its_players_up() {
+    let mut cluster = common::NatsCluster::start(3).await;
+    // Node A knows only server 0 (it learns the others from the cluster); node B only
+    // servers 1 and 2, so that losing server 0 touches node A alone.
+    let urls_a = cluster.servers[0].url.clone();
+    let urls_b = format!("{},{}", cluster.servers[1].url, cluster.servers[2].url);
+    let a = TestApp::spawn_with(move |config| {
+        config.nats_url = urls_a;
+        config.link_dead_grace_secs = 60;
+    })
+    .await;
+    let b = a.another_node(move |config| config.nats_url = urls_b).await;
+    let mut bob = b.join("Bob").await;
+    let account = a.register("Alice").await;
+    let mut alice = a.connect(&account).await;
+    alice.expect(EventType::GameState).await;
+    bob.until(EventType::PlayerEnteredGame).await;
+
+    cluster.servers[0].stop();
+    let total = 30;
+    let speaker = tokio::spawn(async move {
+        let mut said = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while said < total {
+            let reply = bob.reply(&format!("say {said}")).await;
+            if reply.event_type == EventType::CommandResponse
+                && reply.data_str("result").starts_with("You say")
+            {
+                said += 1;
+            } else {
+                // The event bus is electing (NATS cluster): try again.
+                assert!(tokio::time::Instant::now() < deadline, "{reply:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        bob
+    });
+    let mut next = 0;
+    let mut position: Option<String> = None;
+    let mut resumed_after_close = false;
+    while next < total {
+        match alice.next_within(Duration::from_secs(30)).await {
+            Some(Received::Frame(frame)) => {
+                if frame.event_type != EventType::ChatMessage {
+                    continue;
+                }
+                assert_eq!(
+                    frame.data_str("message"),
+                    format!("Bob says: {next}"),
+                    "{frame:?}"
+                );
+                position = frame.position.clone();
+                next += 1;
+            }
+            Some(Received::Closed(close)) => {
+                let (code, reason) = close.expect("a close frame with a reason");
+                assert_eq!(code, 4008, "{reason}");
+                assert!(reason.starts_with("events_lost"), "{reason}");
+                let since = position.clone().expect("a position");
+                // While the cluster elects the stream's leader the stream may not answer
+                // (`unavailable`): a client tries again from the same position.
+                let mut tries = 0;
+                alice = loop {
+                    let mut again = resume_at(&a.addr.to_string(), &account, &since).await;
+                    let answer = resumed(&mut again).await;
+                    if answer.data["recovered"] == true {
+                        break again;
+                    }
+                    assert_eq!(answer.data["reason"], "unavailable", "{answer:?}");
+                    tries += 1;
+                    assert!(tries < 40, "the stream never answered");
+                    drop(again);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                };
+                resumed_after_close = true;
+            }
+            None => panic!("Alice heard {next} of {total}"),
+        }
+    }
+    let _bob = speaker.await.unwrap();
+    println!(
+        "CATCH_UP: {}",
+        if resumed_after_close {
+            "closed with events_lost, then resumed"
+        } else {
+            "caught up without a close"
+        }
     );
     alice.expect_silence().await;
 }

@@ -32,6 +32,15 @@ pub struct Seen {
     pub revision: u64,
 }
 
+impl Seen {
+    /// In the world with no connection: its connection dropped and the grace period runs.
+    pub fn is_link_dead(&self) -> bool {
+        self.holder
+            .as_ref()
+            .is_some_and(|holder| holder.connection == super::LINK_DEAD)
+    }
+}
+
 /// A node's heartbeat as last seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSeen {
@@ -357,9 +366,23 @@ impl Roster {
     /// Every player's name, sorted.
     pub fn names(&self) -> Vec<String> {
         let state = self.read();
-        let mut names: Vec<&PlayerName> = state.players.values().map(|s| &s.name).collect();
-        names.sort_unstable_by_key(|name| name.folded());
-        names.into_iter().map(ToString::to_string).collect()
+        let mut names: Vec<(&PlayerName, bool)> = state
+            .players
+            .values()
+            .map(|s| (&s.name, s.is_link_dead()))
+            .collect();
+        names.sort_unstable_by_key(|(name, _)| name.folded());
+        names
+            .into_iter()
+            .map(|(name, link_dead)| {
+                if link_dead {
+                    // Its connection dropped; it is still in the world for the grace period.
+                    format!("{name} (link-dead)")
+                } else {
+                    name.to_string()
+                }
+            })
+            .collect()
     }
 
     pub fn count(&self) -> usize {

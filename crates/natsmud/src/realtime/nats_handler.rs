@@ -47,6 +47,11 @@ use crate::telemetry;
 /// How long startup waits for a first NATS connection before serving degraded.
 const STARTUP_CONNECT_WAIT: Duration = Duration::from_secs(2);
 
+/// How long catching up after a reconnect waits for the event stream to answer (a NATS
+/// cluster electing the stream's leader), and how often it asks.
+const CATCH_UP_PATIENCE: Duration = Duration::from_secs(15);
+const CATCH_UP_RETRY: Duration = Duration::from_millis(250);
+
 /// At most one log line per this long about refused events (with a count of the others).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -357,9 +362,17 @@ impl NatsMessageHandler {
             );
             self.manager.kick_all(CloseReason::EVENTS_LOST);
         };
-        let bounds = match self.stream.ensure().await {
-            Ok(bounds) => bounds,
-            Err(error) => return lost(&error.to_string()),
+        // In a NATS cluster the stream may be electing a new leader (seconds): wait for it
+        // rather than close everyone. No live event flows meanwhile either.
+        let deadline = Instant::now() + CATCH_UP_PATIENCE;
+        let bounds = loop {
+            match self.stream.ensure().await {
+                Ok(bounds) => break bounds,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(CATCH_UP_RETRY).await;
+                }
+                Err(error) => return lost(&error.to_string()),
+            }
         };
         if self.epoch.as_deref() != Some(&*bounds.epoch) {
             let had_epoch = self.epoch.is_some();
@@ -372,14 +385,22 @@ impl NatsMessageHandler {
             return;
         }
         let started = Instant::now();
-        let read = self
-            .stream
-            .read(Start::Since(catch_up.since), Vec::new(), self.catch_up_max)
-            .await;
+        let read = loop {
+            match self
+                .stream
+                .read(Start::Since(catch_up.since), Vec::new(), self.catch_up_max)
+                .await
+            {
+                Ok(read) => break read,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(CATCH_UP_RETRY).await;
+                }
+                Err(error) => return lost(&error.to_string()),
+            }
+        };
         let (messages, end) = match read {
-            Ok(ReadBack::Events { messages, end }) => (messages, end),
-            Ok(ReadBack::TooMany(n)) => return lost(&format!("{n} events to catch up on")),
-            Err(error) => return lost(&error.to_string()),
+            ReadBack::Events { messages, end } => (messages, end),
+            ReadBack::TooMany(n) => return lost(&format!("{n} events to catch up on")),
         };
         if bounds.first > from + 1 && bounds.first_stored > catch_up.since {
             return lost("the events it missed are no longer in the stream");
