@@ -310,7 +310,7 @@ describe('natsmud web client', { concurrency: 1 }, () => {
     await sleep(2000);
     assert.equal(await a.page.getAttribute('#status', 'data-state'), 'offline', 'it reconnected after 4001');
     assert.equal(await other.getAttribute('#status', 'data-state'), 'connected', 'the new login was replaced');
-    const count = await countOutput(a.page, 'Reconnected.');
+    const count = await countOutput(a.page, 'Reconnected');
     assert.equal(count, 1, `reconnected again:\n${await outputTail(a.page)}`);
     assert.ok((await occupants(other)).includes(a.name));
 

@@ -443,6 +443,8 @@
     }
     if (state.quitRequested) {
       state.quitRequested = false;
+      // Quitting left the game: entering again starts afresh, with nothing to resume.
+      state.position = null;
       setStatus('offline', 'left the game');
       printSystem('You have left the game.');
       showBanner('info', 'You have left the game.', [

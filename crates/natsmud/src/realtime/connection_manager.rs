@@ -69,6 +69,10 @@ pub enum ManagerError {
 pub struct Identity {
     pub connection: u64,
     pub presence: u64,
+    /// Room in the queue beyond the usual: a resuming connection's live events wait there
+    /// while its missed ones are read back, and the events both bring (those published
+    /// just before it came back) must not overflow it. Only what is queued takes memory.
+    pub queue_headroom: usize,
 }
 
 /// What a greeting or a `room_update` is made from, read under the room's lock.
@@ -264,7 +268,7 @@ impl ConnectionManager {
         let wanted = self
             .room_index(room.as_str())
             .ok_or(ManagerError::UnknownRoom)?;
-        let (tx, outbound) = mpsc::channel(self.queue_capacity);
+        let (tx, outbound) = mpsc::channel(self.queue_capacity + identity.queue_headroom);
         let (command_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let connection = identity.connection;
 
@@ -716,6 +720,7 @@ mod tests {
 
     fn identity(manager: &ConnectionManager) -> Identity {
         Identity {
+            queue_headroom: 0,
             connection: manager.next_connection_id(),
             presence: 0,
         }

@@ -154,6 +154,11 @@ pub async fn attach(
         Identity {
             connection,
             presence,
+            queue_headroom: if resume.is_some() {
+                app.config.resume_max_missed as usize
+            } else {
+                0
+            },
         },
         greeting,
     );
