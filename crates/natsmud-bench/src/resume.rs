@@ -97,6 +97,12 @@ pub struct ResumeArgs {
     /// Storm clients per room (the benchmark world's ~10).
     #[arg(long, default_value_t = 10)]
     pub storm_per_room: u32,
+    /// Milliseconds between the missed events being stored and the reconnect. 0: at once,
+    /// while the node may still be delivering them live to the players' connections — the
+    /// resume then races that delivery, whose events queue on the new connection until
+    /// the read-back covers them (and count against `--outbound-queue` meanwhile).
+    #[arg(long, default_value_t = 0)]
+    pub settle_ms: u64,
     /// Seconds one resume may take (the whole storm too) before it counts as failed.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -121,6 +127,9 @@ pub struct ResumeResult {
     pub server_flags_missing: Vec<String>,
     pub nats_server_version: String,
     pub repeats: u32,
+    /// `--settle-ms`: the pause between the missed events being stored and the reconnect.
+    #[serde(default)]
+    pub settle_ms: u64,
     /// One client at a time, by missed-event count.
     pub by_missed: Vec<MissedRow>,
     /// Read-back consumers left on the stream after the one-at-a-time resumes.
@@ -175,6 +184,7 @@ impl ResumeResult {
             status: "failed".to_owned(),
             provenance: Provenance::here(),
             repeats: args.repeats,
+            settle_ms: args.settle_ms,
             ..Self::default()
         }
     }
@@ -577,6 +587,12 @@ async fn resume_one(host: &str, url: &str, expected: &[String]) -> Result<Resume
     Ok(Resumed { ws, took, last })
 }
 
+async fn settle(args: &ResumeArgs) {
+    if args.settle_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
+    }
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
@@ -624,6 +640,7 @@ async fn one_at_a_time(
             let events: Vec<(RoomId, String)> =
                 ids.iter().map(|id| (room.clone(), id.clone())).collect();
             publish(js, &events).await?;
+            settle(args).await;
             let url = ws_url(host, &player.token, Some(&last));
             row.resumes += 1;
             match or_timed_out(timeout(limit, resume_one(host, &url, &ids)).await) {
@@ -780,6 +797,7 @@ async fn run_storm(
         })
         .collect();
     publish(js, &events).await?;
+    settle(args).await;
 
     let node_pids = stack.node_pids();
     let nats_pids: Vec<u32> = stack.nats.iter().map(|n| n.pid).collect();
@@ -876,12 +894,17 @@ pub fn markdown(r: &ResumeResult) -> String {
     if let Some(e) = &r.error {
         out.push_str(&format!("**Failed:** {e}\n\n"));
     }
+    let reconnect = if r.settle_ms == 0 {
+        "as soon as they are stored".to_owned()
+    } else {
+        format!("{} ms after they are stored", r.settle_ms)
+    };
     if !r.by_missed.is_empty() {
-        out.push_str(
-            "One client at a time: it drops (no close frame), K events are stored in its \
-             room, it reconnects with `since`. Time from starting the connect to having \
-             `game_state`, `resumed` and all K events.\n\n",
-        );
+        out.push_str(&format!(
+            "One client at a time: it drops (no close frame), K events go into its room, it \
+             reconnects with `since` {reconnect}. Time from starting the connect to having \
+             `game_state`, `resumed` and all K events.\n\n"
+        ));
         out.push_str("| Missed (K) | Resumes | Recovered | p50 ms | p99 ms | max ms |\n");
         out.push_str("|---:|---:|---:|---:|---:|---:|\n");
         for row in &r.by_missed {
@@ -910,8 +933,8 @@ pub fn markdown(r: &ResumeResult) -> String {
     }
     if let Some(s) = &r.storm {
         out.push_str(&format!(
-            "Storm: {} clients in {} rooms drop at once, {} events are stored in each room, \
-             all reconnect at once with `since`.\n\n",
+            "Storm: {} clients in {} rooms drop at once, {} events go into each room, all \
+             reconnect at once with `since` {reconnect}.\n\n",
             s.clients, s.rooms, s.events_per_room
         ));
         out.push_str(
@@ -1068,5 +1091,8 @@ mod tests {
         assert!(text.contains("1 × timed out"), "{text}");
         assert!(text.contains("| 50 | 50 | 0 | — |"), "{text}");
         assert!(text.contains("Failures: 1 × timed out."), "{text}");
+        assert!(text.contains("as soon as they are stored"), "{text}");
+        r.settle_ms = 200;
+        assert!(markdown(&r).contains("200 ms after they are stored"));
     }
 }
