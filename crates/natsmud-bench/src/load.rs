@@ -194,7 +194,7 @@ pub struct RunOutcome {
     pub idle_memory: Option<IdleMemory>,
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template(

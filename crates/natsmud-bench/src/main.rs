@@ -7,6 +7,8 @@
 //!   data — and everything stopped at the end; also the crowded room (`--mode crowd`) and
 //!   the login wave (`--mode auth`).
 //! - `report`: docs/benchmarks.md and its plots from scenario results.
+//! - `resume`: reconnecting after a drop — how long a client waits for what it missed,
+//!   one at a time and in a storm of simultaneous resumes (fresh servers, like `scenario`).
 //! - `floor`: the kernel's own cost of a fan-out here (no natsmud involved): the lower
 //!   bound the figures are compared with.
 //! - `worker` (internal): one load-generator process of a run.
@@ -29,6 +31,7 @@ mod proto;
 mod provenance;
 mod records;
 mod report;
+mod resume;
 mod rss_sampler;
 mod scenario;
 mod timed;
@@ -77,6 +80,9 @@ enum Cmd {
     Scenario(ScenarioArgs),
     /// Write the benchmark report (markdown and PNG plots) from scenario results.
     Report(report::ReportArgs),
+    /// Start nats-server and one natsmud node afresh and measure resuming after a drop:
+    /// time to get the missed events back, one client at a time and in a storm.
+    Resume(resume::ResumeArgs),
     /// Measure the kernel's own cost of a fan-out: one frame written to each of N
     /// loopback sockets and read back, with no server in between.
     Floor(floor::FloorArgs),
@@ -223,6 +229,11 @@ async fn run(cli: Cli) -> Result<()> {
             let mut result = ScenarioResult::new(name, args.mode, &args.load, args.quick, nodes);
             let outcome = interruptible(scenario::run(&args, &mut result)).await;
             finish(result, outcome, &args.out)
+        }
+        Cmd::Resume(args) => {
+            let mut result = resume::ResumeResult::new(&args);
+            let outcome = interruptible(resume::run(&args, &mut result)).await;
+            resume::finish(result, outcome, &args.out)
         }
         Cmd::Report(args) => report::write(&args),
         // Plain threads and blocking sockets: off the runtime's workers.
