@@ -373,42 +373,69 @@ async fn a_nats_cluster_losing_a_server_keeps_serving() {
     // listed, from either node.
     let deadline = Instant::now() + FAILOVER;
     let mut closed_after = None;
-    loop {
-        match alice.next_within(Duration::from_millis(200)).await {
-            Some(Received::Closed(close)) => {
-                let (code, reason) = close.expect("a close frame");
-                assert_eq!(code, 4008, "{reason}");
-                assert!(reason.starts_with("events_lost"), "{reason}");
-                closed_after = Some(lost_at.elapsed());
-                alice = a.rejoin(&alice).await;
-                continue;
-            }
-            Some(Received::Frame(_)) => continue,
-            None => {}
-        }
+    // Ticks arrive all the while (every 200 ms): ask again and again, each time reading
+    // until the answer or a close, and check the deadline on every round.
+    'healed: loop {
+        assert!(Instant::now() < deadline, "the roster never healed");
         let asked = alice
             .socket
             .send(tokio_tungstenite::tungstenite::Message::text(
                 json!({"type": "game_command", "data": {"command": "who"}}).to_string(),
             ))
             .await;
-        if asked.is_ok()
-            && let Some(Received::Frame(who)) = alice.next_within(Duration::from_secs(3)).await
-            && who.data["result"] == "Players online (2): Alice, Bob"
-        {
-            break;
+        if asked.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(Instant::now() < deadline, "the roster never healed");
+        let round = Instant::now() + Duration::from_secs(3);
+        while let Some(received) = alice
+            .next_within(round.saturating_duration_since(Instant::now()))
+            .await
+        {
+            match received {
+                Received::Closed(close) => {
+                    let (code, reason) = close.expect("a close frame");
+                    assert_eq!(code, 4008, "{reason}");
+                    assert!(reason.starts_with("events_lost"), "{reason}");
+                    closed_after = Some(lost_at.elapsed());
+                    alice = a.rejoin(&alice).await;
+                    continue 'healed;
+                }
+                Received::Frame(who) if who.event_type == EventType::CommandResponse => {
+                    if who.data["result"] == "Players online (2): Alice, Bob" {
+                        break 'healed;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue 'healed;
+                }
+                Received::Frame(_) => {}
+            }
+        }
     }
     let listed_after = lost_at.elapsed();
     assert_eq!(
         bob.reply("who").await.data["result"],
         "Players online (2): Alice, Bob"
     );
-    // Chat crosses, and ticks keep coming (one leader).
-    alice.command("say still here").await;
+    // Chat crosses, and ticks keep coming (one leader). While JetStream elects a new
+    // leader for the event stream (when the lost server led it), saying something fails
+    // with a clear error to the speaker rather than vanish: she says it again.
+    loop {
+        let answer = alice.reply("say still here").await;
+        if answer.event_type == EventType::CommandResponse {
+            break;
+        }
+        assert_eq!(
+            answer.data_str("code"),
+            "event_bus_unavailable",
+            "{answer:?}"
+        );
+        assert!(Instant::now() < deadline, "saying something kept failing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(
-        bob.until(EventType::ChatMessage).await.data["message"],
+        bob.until_within(EventType::ChatMessage, FAILOVER)
+            .await
+            .data["message"],
         "Alice says: still here"
     );
     let tick = async |bob: &mut Player| loop {

@@ -438,8 +438,16 @@ impl Player {
     /// Sends a command and returns its direct reply, skipping whatever events come first.
     pub async fn reply(&mut self, line: &str) -> ServerFrame {
         self.command(line).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let frame = self.next_frame().await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = match self.next_within(left).await {
+                Some(Received::Frame(frame)) => frame,
+                other => panic!(
+                    "{} expected an answer to {line:?}, got {other:?}",
+                    self.name
+                ),
+            };
             if matches!(
                 frame.event_type,
                 EventType::CommandResponse | EventType::Error | EventType::RoomUpdate
@@ -724,11 +732,21 @@ impl NatsCluster {
 
 impl Player {
     /// Reads until a frame of `kind` (other frames are skipped).
+    /// The next frame of type `kind` within [`WAIT`], passing over others (a steady flow
+    /// of ticks must not keep a test waiting for ever).
     pub async fn until(&mut self, kind: EventType) -> ServerFrame {
+        self.until_within(kind, WAIT).await
+    }
+
+    /// The next frame of type `kind` within `wait`, passing over others.
+    pub async fn until_within(&mut self, kind: EventType, wait: Duration) -> ServerFrame {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let frame = self.next_frame().await;
-            if frame.event_type == kind {
-                return frame;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await {
+                Some(Received::Frame(frame)) if frame.event_type == kind => return frame,
+                Some(Received::Frame(_)) => {}
+                other => panic!("{} expected a {kind:?} frame, got {other:?}", self.name),
             }
         }
     }
