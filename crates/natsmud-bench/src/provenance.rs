@@ -21,7 +21,19 @@ pub struct Provenance {
 
 impl Provenance {
     pub fn here() -> Self {
+        // Paths under the directory it ran in (the repository, from scripts/bench) are
+        // written relative to it, so that a reader can paste the command.
+        let here = std::env::current_dir()
+            .map(|dir| format!("{}/", dir.display()))
+            .unwrap_or_default();
         let command = std::env::args()
+            .map(|a| {
+                if here.len() > 1 {
+                    a.replace(&here, "")
+                } else {
+                    a
+                }
+            })
             .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
             .collect::<Vec<_>>()
             .join(" ");

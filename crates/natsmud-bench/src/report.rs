@@ -616,8 +616,29 @@ fn render(
         }
         scenario_section(&mut s, r);
     }
+    resume_section(&mut s, &args.plots);
     method(&mut s);
     s
+}
+
+/// The resume measurements (`natsmud-bench resume`), when `scripts/bench` ran them: they
+/// live in a folder of their own, as `report` takes every JSON file of docs/bench/ for a
+/// scenario's results.
+fn resume_section(s: &mut String, plots: &std::path::Path) {
+    let path = plots.join("resume").join("resume.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    match serde_json::from_str::<crate::resume::ResumeResult>(&text) {
+        Ok(result) => s.push_str(&crate::resume::markdown(&result)),
+        Err(error) => {
+            let _ = writeln!(
+                s,
+                "## Resuming after a drop\n\n{} could not be read: {error}\n",
+                path.display()
+            );
+        }
+    }
 }
 
 /// One row per standard-workload scenario.

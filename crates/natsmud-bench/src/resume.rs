@@ -876,7 +876,7 @@ fn kib_as_mib(kib: u64) -> String {
 pub fn markdown(r: &ResumeResult) -> String {
     let m = &r.provenance.machine;
     let mut out = String::new();
-    out.push_str("### Resuming after a drop\n\n");
+    out.push_str("## Resuming after a drop\n\n");
     out.push_str(&format!(
         "`{}` — {} on commit {}, {}; {} × {}, {} GiB, Linux {}. One natsmud node and one \
          nats-server ({}); node flags: `{}`.\n\n",
