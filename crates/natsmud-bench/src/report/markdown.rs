@@ -366,7 +366,8 @@ ephemeral ports, so client sockets are bound to 127.0.0.2, 127.0.0.3, … before
 ## Reproduce\n\
 \n\
 - `scripts/bench` runs everything above and rewrites this page (`--quick` for a smoke run of a \
-few minutes; `--only active-20000,idle-10000` for some scenarios; `--duration`, `--warmup`, \
+few minutes, whose report goes to target/bench-quick/ and leaves this one be; `--only active-20000,idle-10000,resume` \
+to run some scenarios again here; `--duration`, `--warmup`, \
 `--idle-duration`, `--crowd-duration` for the windows). It takes the open-files limit to its maximum, builds the \
 release binaries and installs the pinned nats-server.\n\
 - `natsmud-bench scenario --mode active --players N --nats-server BIN …` runs one scenario from \
