@@ -35,9 +35,23 @@ pub struct Attached {
     pub limiter: CommandLimiter,
 }
 
+// The work of `attach`, `handle` and `detach` is boxed: inline, their futures (6–8 KiB
+// each) would be part of every connection task's state for as long as it lives, idle or
+// not — most of an idle player's memory (docs/performance.md). A box per command or
+// login costs nothing next to the command itself.
+
 /// Lets the player in on this connection; with `resume`, sends what it missed since then
 /// right after its greeting (see `realtime::resume`).
 pub async fn attach(
+    app: &AppState,
+    account: &Account,
+    transport: Transport,
+    resume: Option<ResumeFrom>,
+) -> Result<Attached, ManagerError> {
+    Box::pin(attach_now(app, account, transport, resume)).await
+}
+
+async fn attach_now(
     app: &AppState,
     account: &Account,
     transport: Transport,
@@ -306,6 +320,16 @@ pub async fn handle(
     admission: Admission,
     message: Result<ClientMessage, ProtocolError>,
 ) {
+    Box::pin(handle_now(app, conn, limiter, admission, message)).await
+}
+
+async fn handle_now(
+    app: &AppState,
+    conn: &ConnectionHandle,
+    limiter: &mut CommandLimiter,
+    admission: Admission,
+    message: Result<ClientMessage, ProtocolError>,
+) {
     let session = Session {
         game: app.game(),
         conn,
@@ -338,7 +362,12 @@ pub async fn handle(
     }
 }
 
+/// Takes the player out of this connection (leaving the world, or link-dead).
 pub async fn detach(app: &AppState, conn: &ConnectionHandle) {
+    Box::pin(detach_now(app, conn)).await
+}
+
+async fn detach_now(app: &AppState, conn: &ConnectionHandle) {
     conn.kick.close(CloseReason::NORMAL);
     metrics::gauge!(telemetry::CONNECTIONS, "transport" => conn.transport.as_str()).decrement(1.0);
     if let Some(room) = app.manager.disconnect(conn)

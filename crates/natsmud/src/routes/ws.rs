@@ -84,7 +84,9 @@ pub async fn upgrade(
         .max_write_buffer_size(MAX_WRITE_BUFFER.max(transport_limit + WRITE_BUFFER))
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("connection", player = %account.name);
-            run_connection(app, socket, account, resume).instrument(span)
+            // Boxed: the connection's task would otherwise keep a moved-from copy of the
+            // socket in its state for as long as it lives.
+            run_connection(app, Box::new(socket), account, resume).instrument(span)
         })
 }
 
@@ -117,7 +119,7 @@ pub async fn authenticate(
 
 async fn run_connection(
     app: AppState,
-    mut socket: WebSocket,
+    mut socket: Box<WebSocket>,
     account: Account,
     resume: Option<ResumeFrom>,
 ) {
@@ -191,7 +193,7 @@ async fn run_connection(
 
 /// Where a WebSocket connection's commands come from, and their allowance.
 struct Inputs<'a> {
-    stream: &'a mut SplitStream<WebSocket>,
+    stream: &'a mut SplitStream<Box<WebSocket>>,
     commands: &'a mut mpsc::Receiver<ClientMessage>,
     limiter: &'a mut CommandLimiter,
 }
@@ -314,7 +316,7 @@ pub(crate) const GATE_WAIT: Duration = Duration::from_secs(30);
 
 /// What the writer task owns.
 struct Writer {
-    sink: SplitSink<WebSocket, Message>,
+    sink: SplitSink<Box<WebSocket>, Message>,
     outbound: Outbound,
     kick: Arc<Kick>,
     /// Cancelled once the reader has run its last command (and queued its last reply).
@@ -354,7 +356,7 @@ impl Backlog {
 /// Writes the backlog's frames up to the first one behind a closed gate (and what else is
 /// queued, at most [`WRITE_BATCH`] in all), then flushes once.
 async fn write_ready(
-    sink: &mut SplitSink<WebSocket, Message>,
+    sink: &mut SplitSink<Box<WebSocket>, Message>,
     outbound: &mut Outbound,
     backlog: &mut Backlog,
     kick: &Kick,
