@@ -129,12 +129,107 @@ pub fn summarize(h: &Histogram<u64>) -> Latency {
     }
 }
 
-/// Event identity for the received map.
+/// Event identity: tag, actor, and the actor's message or move number.
 type EventKey = (u8, u32, u32);
 const LEFT: u8 = 1;
 const ENTERED: u8 = 2;
 const SAY: u8 = 3;
 const GLOBAL: u8 = 4;
+
+/// The run's figures from every worker's records, by the method in the module's doc.
+pub fn analyse(input: &Inputs<'_>) -> Analysis {
+    let mut out = Analysis::default();
+    count_commands(input, &mut out);
+    count_traffic(input, &mut out);
+
+    let slots = player_slots(input);
+    let closed_at = closed_at(input.players, slots);
+    let moves = Moves::from_sent(input, &closed_at, slots);
+    let receipts = Receipts::read(input, &moves);
+    out.latency = receipts.latency.summaries();
+    out.unattributed_presence = receipts.unattributed_presence;
+
+    let mut check = Checker {
+        plan: input.plan,
+        boundary: input.boundary_us,
+        heard: &receipts.heard,
+        touches: Touches::new(input.players, &moves),
+        connections: Connections::new(input.players, slots),
+        deliveries: BTreeMap::new(),
+    };
+    let mut rooms = Rooms::at_start(input.players, slots);
+    for (t, step) in steps(input, &moves, &closed_at) {
+        check.step(&mut rooms, t, &step);
+    }
+    check.ticks(&tick_times(input, &receipts.heard));
+    out.deliveries = check.into_deliveries();
+    out
+}
+
+/// One more than the highest player index anywhere in the records, so per-player tables
+/// can be indexed by any of them.
+fn player_slots(input: &Inputs<'_>) -> usize {
+    input
+        .players
+        .iter()
+        .map(|p| p.idx as usize + 1)
+        .chain(input.sent.iter().map(|s| s.actor as usize + 1))
+        .chain(
+            input
+                .receipts
+                .iter()
+                .map(|r| r.actor.max(r.recipient) as usize + 1),
+        )
+        .max()
+        .unwrap_or(0)
+}
+
+fn closed_at(players: &[PlayerRun], slots: usize) -> Vec<Option<u64>> {
+    let mut closed_at = vec![None; slots];
+    for p in players {
+        closed_at[p.idx as usize] = p.closed_us;
+    }
+    closed_at
+}
+
+fn count_commands(input: &Inputs<'_>, out: &mut Analysis) {
+    for s in input
+        .sent
+        .iter()
+        .filter(|s| input.plan.in_window(s.sent_us))
+    {
+        let name = match s.kind {
+            SentKind::Move => "move",
+            SentKind::Say => "say",
+            SentKind::Global => "global",
+        };
+        *out.commands.entry(name.to_owned()).or_default() += 1;
+        match s.outcome {
+            Outcome::Error => out.commands_failed += 1,
+            Outcome::Unconfirmed => out.commands_unconfirmed += 1,
+            Outcome::Ok => {}
+        }
+    }
+}
+
+/// Receipts by arrival, whatever they are and whether or not they can be attributed.
+fn count_traffic(input: &Inputs<'_>, out: &mut Analysis) {
+    let plan = input.plan;
+    let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
+    for r in input.receipts.iter().filter(|r| plan.in_window(r.recv_us)) {
+        out.received_in_window += 1;
+        *by_kind.entry(r.kind.name().to_owned()).or_default() += 1;
+        if matches!(r.kind, Kind::EnteredGame | Kind::LeftGame) {
+            out.churn_events += 1;
+        }
+    }
+    let secs = plan.measured_secs().max(1e-9);
+    out.received_per_sec = out.received_in_window as f64 / secs;
+    out.received_per_sec_by_kind = by_kind
+        .into_iter()
+        .map(|(k, v)| (k, v as f64 / secs))
+        .collect();
+}
 
 #[derive(Clone, Copy)]
 struct Move {
@@ -144,22 +239,6 @@ struct Move {
     from: u32,
     to: u32,
     n: u32,
-}
-
-enum Step {
-    Move {
-        actor: u32,
-        m: Move,
-    },
-    Chat {
-        kind: SentKind,
-        actor: u32,
-        n: u32,
-        done_us: u64,
-    },
-    Close {
-        player: u32,
-    },
 }
 
 /// The latest a command can have taken effect: its answer; unanswered, the end of its
@@ -175,270 +254,303 @@ fn done_us(sent: &Sent, plan: &Plan, closed_us: Option<u64>) -> u64 {
     }
 }
 
-pub fn analyse(input: &Inputs<'_>) -> Analysis {
-    let plan = input.plan;
-    let boundary = input.boundary_us;
-    let mut out = Analysis::default();
-    let size = input
-        .players
-        .iter()
-        .map(|p| p.idx as usize + 1)
-        .chain(input.sent.iter().map(|s| s.actor as usize + 1))
-        .chain(
-            input
-                .receipts
-                .iter()
-                .map(|r| r.actor.max(r.recipient) as usize + 1),
-        )
-        .max()
-        .unwrap_or(0);
+/// The moves that happened (all but those refused), per actor, in the order sent.
+struct Moves(Vec<Vec<Move>>);
 
-    let mut closed_at: Vec<Option<u64>> = vec![None; size];
-    for p in input.players {
-        closed_at[p.idx as usize] = p.closed_us;
-    }
-    // Moves that happened, per actor, in time order.
-    let mut moves: Vec<Vec<Move>> = vec![Vec::new(); size];
-    for s in input.sent {
-        if s.kind == SentKind::Move && s.outcome != Outcome::Error {
-            moves[s.actor as usize].push(Move {
-                sent_us: s.sent_us,
-                done_us: done_us(s, &plan, closed_at[s.actor as usize]),
-                from: s.room,
-                to: s.to,
-                n: s.n,
-            });
-        }
-        if plan.in_window(s.sent_us) {
-            let name = match s.kind {
-                SentKind::Move => "move",
-                SentKind::Say => "say",
-                SentKind::Global => "global",
-            };
-            *out.commands.entry(name.to_owned()).or_default() += 1;
-            match s.outcome {
-                Outcome::Error => out.commands_failed += 1,
-                Outcome::Unconfirmed => out.commands_unconfirmed += 1,
-                Outcome::Ok => {}
-            }
-        }
-    }
-    for list in &mut moves {
-        list.sort_by_key(|m| m.sent_us);
-    }
-
-    // Latency, and who received what.
-    let mut h_say = histogram();
-    let mut h_presence = histogram();
-    let mut h_global = histogram();
-    let mut h_tick = histogram();
-    let nodes = input.nodes.max(1);
-    let node_of = |player: u32| player as usize % nodes;
-    // Room events whose sender's node is (same) or is not (cross) the recipient's.
-    let mut h_room_same = histogram();
-    let mut h_room_cross = histogram();
-    let mut h_tick_node: Vec<Histogram<u64>> = (0..nodes).map(|_| histogram()).collect();
-    let mut room_split = |actor: u32, recipient: u32, latency: u64| {
-        if node_of(actor) == node_of(recipient) {
-            h_room_same.saturating_record(latency);
-        } else {
-            h_room_cross.saturating_record(latency);
-        }
-    };
-    let mut received: HashMap<EventKey, Vec<u32>> = HashMap::new();
-    // The last receipt of each event: it was routed before then.
-    let mut last_receipt: HashMap<EventKey, u64> = HashMap::new();
-    let mut tick_received: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
-    let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
-    for r in input.receipts {
-        if plan.in_window(r.recv_us) {
-            out.received_in_window += 1;
-            *by_kind.entry(r.kind.name().to_owned()).or_default() += 1;
-        }
-        let latency = r.recv_us.saturating_sub(r.sent_us).max(1);
-        match r.kind {
-            Kind::Entered | Kind::Left => {
-                let list = &moves[r.actor as usize];
-                let pos = list.partition_point(|m| m.sent_us <= r.recv_us);
-                let found = list[..pos].iter().rev().take(4).find(|m| {
-                    if r.kind == Kind::Left {
-                        m.from == r.room
-                    } else {
-                        m.to == r.room
-                    }
-                });
-                match found {
-                    Some(m) => {
-                        if plan.in_window(m.sent_us) {
-                            let lat = r.recv_us.saturating_sub(m.sent_us).max(1);
-                            h_presence.saturating_record(lat);
-                            room_split(r.actor, r.recipient, lat);
-                            let tag = if r.kind == Kind::Left { LEFT } else { ENTERED };
-                            received
-                                .entry((tag, r.actor, m.n))
-                                .or_default()
-                                .push(r.recipient);
-                            let last = last_receipt.entry((tag, r.actor, m.n)).or_default();
-                            *last = (*last).max(r.recv_us);
-                        }
-                    }
-                    None => {
-                        if plan.in_window(r.recv_us) {
-                            out.unattributed_presence += 1;
-                        }
-                    }
-                }
-            }
-            Kind::Say | Kind::Global => {
-                if plan.in_window(r.sent_us) {
-                    let (h, tag) = if r.kind == Kind::Say {
-                        (&mut h_say, SAY)
-                    } else {
-                        (&mut h_global, GLOBAL)
-                    };
-                    h.saturating_record(latency);
-                    if r.kind == Kind::Say {
-                        room_split(r.actor, r.recipient, latency);
-                    }
-                    received
-                        .entry((tag, r.actor, r.key))
-                        .or_default()
-                        .push(r.recipient);
-                    let last = last_receipt.entry((tag, r.actor, r.key)).or_default();
-                    *last = (*last).max(r.recv_us);
-                }
-            }
-            Kind::Tick => {
-                if plan.in_window(r.sent_us) {
-                    h_tick.saturating_record(latency);
-                    h_tick_node[node_of(r.recipient)].saturating_record(latency);
-                    tick_received
-                        .entry(r.sent_us)
-                        .or_default()
-                        .push(r.recipient);
-                }
-            }
-            Kind::EnteredGame | Kind::LeftGame => {
-                if plan.in_window(r.recv_us) {
-                    out.churn_events += 1;
-                }
-            }
-        }
-    }
-    let secs = plan.measured_secs().max(1e-9);
-    out.received_per_sec = out.received_in_window as f64 / secs;
-    out.received_per_sec_by_kind = by_kind
-        .into_iter()
-        .map(|(k, v)| (k, v as f64 / secs))
-        .collect();
-    let mut h_room = histogram();
-    let _ = h_room.add(&h_say);
-    let _ = h_room.add(&h_presence);
-    for (name, h) in [
-        ("room_event", &h_room),
-        ("say", &h_say),
-        ("presence", &h_presence),
-        ("global", &h_global),
-        ("tick", &h_tick),
-    ] {
-        out.latency.insert(name.to_owned(), summarize(h));
-    }
-    if nodes > 1 {
-        out.latency
-            .insert("room_event_same_node".into(), summarize(&h_room_same));
-        out.latency
-            .insert("room_event_cross_node".into(), summarize(&h_room_cross));
-        for (k, h) in h_tick_node.iter().enumerate() {
-            out.latency
-                .insert(format!("tick_node_{}", k + 1), summarize(h));
-        }
-    }
-
-    // Replay rooms over time and compare expected with received recipients.
-    let mut room_of: Vec<u32> = vec![NO_ROOM; size];
-    let mut members: HashMap<u32, Vec<u32>> = HashMap::new();
-    let mut connected_at: Vec<Option<(u64, Option<u64>)>> = vec![None; size];
-    for p in input.players {
-        if p.connected {
-            connected_at[p.idx as usize] = Some((p.connected_us, p.closed_us));
-            if p.room_at_start != NO_ROOM {
-                room_of[p.idx as usize] = p.room_at_start;
-                members.entry(p.room_at_start).or_default().push(p.idx);
-            }
-        }
-    }
-    // When each room was touched by a move or a departure (from, until), and by whom.
-    let mut touches: HashMap<u32, Vec<(u64, u64, u32)>> = HashMap::new();
-    let mut steps: Vec<(u64, u8, Step)> = Vec::new();
-    // Every move, also those after the window: an event near its end is routed while
-    // they take effect.
-    for (actor, list) in moves.iter().enumerate() {
-        for m in list {
-            touches
-                .entry(m.from)
-                .or_default()
-                .push((m.sent_us, m.done_us, actor as u32));
-            touches
-                .entry(m.to)
-                .or_default()
-                .push((m.sent_us, m.done_us, actor as u32));
-            steps.push((
-                m.sent_us,
-                1,
-                Step::Move {
-                    actor: actor as u32,
-                    m: *m,
-                },
-            ));
-        }
-    }
-    for p in input.players {
-        if let (true, Some(closed)) = (p.connected, p.closed_us) {
-            let last_room = moves[p.idx as usize]
-                .iter()
-                .rev()
-                .find(|m| m.sent_us <= closed)
-                .map(|m| m.to)
-                .unwrap_or(p.room_at_start);
-            touches
-                .entry(last_room)
-                .or_default()
-                .push((closed, closed, p.idx));
-            steps.push((closed, 0, Step::Close { player: p.idx }));
-        }
-    }
-    for s in input.sent {
-        if s.kind != SentKind::Move && s.outcome != Outcome::Error && plan.in_window(s.sent_us) {
-            steps.push((
-                s.sent_us,
-                2,
-                Step::Chat {
-                    kind: s.kind,
-                    actor: s.actor,
+impl Moves {
+    fn from_sent(input: &Inputs<'_>, closed_at: &[Option<u64>], slots: usize) -> Self {
+        let mut moves: Vec<Vec<Move>> = vec![Vec::new(); slots];
+        for s in input.sent {
+            if s.kind == SentKind::Move && s.outcome != Outcome::Error {
+                moves[s.actor as usize].push(Move {
+                    sent_us: s.sent_us,
+                    done_us: done_us(s, &input.plan, closed_at[s.actor as usize]),
+                    from: s.room,
+                    to: s.to,
                     n: s.n,
-                    done_us: done_us(s, &plan, closed_at[s.actor as usize]),
-                },
-            ));
+                });
+            }
+        }
+        for list in &mut moves {
+            list.sort_by_key(|m| m.sent_us);
+        }
+        Self(moves)
+    }
+
+    fn of(&self, actor: u32) -> &[Move] {
+        self.0.get(actor as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// The move a presence receipt reports: of the actor's last four moves sent before it
+    /// arrived, the latest out of (or into) its room.
+    fn reported_by(&self, r: &Receipt) -> Option<&Move> {
+        let list = self.of(r.actor);
+        let pos = list.partition_point(|m| m.sent_us <= r.recv_us);
+        list[..pos].iter().rev().take(4).find(|m| {
+            if r.kind == Kind::Left {
+                m.from == r.room
+            } else {
+                m.to == r.room
+            }
+        })
+    }
+
+    /// The room `player` was in at `t`, by the moves sent until then.
+    fn room_at(&self, player: &PlayerRun, t: u64) -> u32 {
+        self.of(player.idx)
+            .iter()
+            .rev()
+            .find(|m| m.sent_us <= t)
+            .map(|m| m.to)
+            .unwrap_or(player.room_at_start)
+    }
+}
+
+struct Latencies {
+    nodes: usize,
+    say: Histogram<u64>,
+    presence: Histogram<u64>,
+    global: Histogram<u64>,
+    tick: Histogram<u64>,
+    /// Room events whose sender's node is (same) or is not (cross) the recipient's.
+    room_same_node: Histogram<u64>,
+    room_cross_node: Histogram<u64>,
+    tick_by_node: Vec<Histogram<u64>>,
+}
+
+impl Latencies {
+    fn new(nodes: usize) -> Self {
+        let nodes = nodes.max(1);
+        Self {
+            nodes,
+            say: histogram(),
+            presence: histogram(),
+            global: histogram(),
+            tick: histogram(),
+            room_same_node: histogram(),
+            room_cross_node: histogram(),
+            tick_by_node: (0..nodes).map(|_| histogram()).collect(),
         }
     }
-    // Per room, touches by start, and the longest one (to bound the search below).
-    let mut longest: HashMap<u32, u64> = HashMap::new();
-    for (room, list) in touches.iter_mut() {
-        list.sort_unstable();
-        let span = list.iter().map(|&(from, until, _)| until - from).max();
-        longest.insert(*room, span.unwrap_or(0));
+
+    fn node_of(&self, player: u32) -> usize {
+        player as usize % self.nodes
     }
-    steps.sort_by_key(|(t, order, _)| (*t, *order));
-    // Players who entered or left `room` while the event (sent at `from`, routed by
-    // `until`) could have been routed, ±boundary (sorted): which side of the race they end
-    // up on is legitimately either, so they are neither expected nor counted for that
-    // event. The actor's own move is no race (it is the event, or was processed in order
-    // before the actor's `say`).
-    let uncertain_in = |room: u32, from: u64, until: u64, actor: u32| -> Vec<u32> {
-        let mut out: Vec<u32> = touches.get(&room).map_or_else(Vec::new, |list| {
+
+    fn room_event(&mut self, actor: u32, recipient: u32, us: u64) {
+        if self.node_of(actor) == self.node_of(recipient) {
+            self.room_same_node.saturating_record(us);
+        } else {
+            self.room_cross_node.saturating_record(us);
+        }
+    }
+
+    fn tick(&mut self, recipient: u32, us: u64) {
+        self.tick.saturating_record(us);
+        let node = self.node_of(recipient);
+        self.tick_by_node[node].saturating_record(us);
+    }
+
+    fn summaries(&self) -> BTreeMap<String, Latency> {
+        let mut room = histogram();
+        let _ = room.add(&self.say);
+        let _ = room.add(&self.presence);
+        let mut out: BTreeMap<String, Latency> = [
+            ("room_event", &room),
+            ("say", &self.say),
+            ("presence", &self.presence),
+            ("global", &self.global),
+            ("tick", &self.tick),
+        ]
+        .into_iter()
+        .map(|(name, h)| (name.to_owned(), summarize(h)))
+        .collect();
+        if self.nodes > 1 {
+            out.insert(
+                "room_event_same_node".into(),
+                summarize(&self.room_same_node),
+            );
+            out.insert(
+                "room_event_cross_node".into(),
+                summarize(&self.room_cross_node),
+            );
+            for (k, h) in self.tick_by_node.iter().enumerate() {
+                out.insert(format!("tick_node_{}", k + 1), summarize(h));
+            }
+        }
+        out
+    }
+}
+
+#[derive(Default)]
+struct Recipients {
+    players: Vec<u32>,
+    /// The last receipt: the event was routed before then.
+    last_us: u64,
+}
+
+/// Who received each event of the window.
+#[derive(Default)]
+struct Heard {
+    events: HashMap<EventKey, Recipients>,
+    /// Ticks by their scheduled time.
+    ticks: BTreeMap<u64, Vec<u32>>,
+}
+
+impl Heard {
+    fn add(&mut self, key: EventKey, r: &Receipt) {
+        let e = self.events.entry(key).or_default();
+        e.players.push(r.recipient);
+        e.last_us = e.last_us.max(r.recv_us);
+    }
+
+    fn players(&self, key: EventKey) -> &[u32] {
+        self.events.get(&key).map_or(&[], |e| e.players.as_slice())
+    }
+
+    fn last_us(&self, key: EventKey) -> u64 {
+        self.events.get(&key).map_or(0, |e| e.last_us)
+    }
+
+    fn tick(&self, t: u64) -> &[u32] {
+        self.ticks.get(&t).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Every receipt of an event sent in the window, timed and attributed to its event.
+struct Receipts {
+    latency: Latencies,
+    heard: Heard,
+    unattributed_presence: u64,
+}
+
+impl Receipts {
+    fn read(input: &Inputs<'_>, moves: &Moves) -> Self {
+        let mut out = Self {
+            latency: Latencies::new(input.nodes),
+            heard: Heard::default(),
+            unattributed_presence: 0,
+        };
+        for r in input.receipts {
+            match r.kind {
+                Kind::Entered | Kind::Left => out.presence(r, moves, &input.plan),
+                Kind::Say | Kind::Global => out.chat(r, &input.plan),
+                Kind::Tick => out.tick(r, &input.plan),
+                // Counted with the traffic: they belong to no event of ours.
+                Kind::EnteredGame | Kind::LeftGame => {}
+            }
+        }
+        out
+    }
+
+    /// Presence carries no send time: its latency runs from the move it reports.
+    fn presence(&mut self, r: &Receipt, moves: &Moves, plan: &Plan) {
+        let Some(m) = moves.reported_by(r) else {
+            if plan.in_window(r.recv_us) {
+                self.unattributed_presence += 1;
+            }
+            return;
+        };
+        if !plan.in_window(m.sent_us) {
+            return;
+        }
+        let us = r.recv_us.saturating_sub(m.sent_us).max(1);
+        self.latency.presence.saturating_record(us);
+        self.latency.room_event(r.actor, r.recipient, us);
+        let tag = if r.kind == Kind::Left { LEFT } else { ENTERED };
+        self.heard.add((tag, r.actor, m.n), r);
+    }
+
+    fn chat(&mut self, r: &Receipt, plan: &Plan) {
+        if !plan.in_window(r.sent_us) {
+            return;
+        }
+        let us = latency_us(r);
+        let tag = if r.kind == Kind::Say {
+            self.latency.say.saturating_record(us);
+            self.latency.room_event(r.actor, r.recipient, us);
+            SAY
+        } else {
+            self.latency.global.saturating_record(us);
+            GLOBAL
+        };
+        self.heard.add((tag, r.actor, r.key), r);
+    }
+
+    fn tick(&mut self, r: &Receipt, plan: &Plan) {
+        if !plan.in_window(r.sent_us) {
+            return;
+        }
+        self.latency.tick(r.recipient, latency_us(r));
+        self.heard
+            .ticks
+            .entry(r.sent_us)
+            .or_default()
+            .push(r.recipient);
+    }
+}
+
+/// From the send time the event carries; at least 1 µs, the histograms' floor.
+fn latency_us(r: &Receipt) -> u64 {
+    r.recv_us.saturating_sub(r.sent_us).max(1)
+}
+
+/// When each room was touched by a move or a departure (from, until), and by whom.
+struct Touches {
+    /// Per room, touches by start.
+    by_room: HashMap<u32, Vec<(u64, u64, u32)>>,
+    /// Per room, the longest touch, to bound the search for those overlapping a span.
+    longest: HashMap<u32, u64>,
+}
+
+impl Touches {
+    fn new(players: &[PlayerRun], moves: &Moves) -> Self {
+        let mut by_room: HashMap<u32, Vec<(u64, u64, u32)>> = HashMap::new();
+        // Every move, also those after the window: an event near its end is routed while
+        // they take effect.
+        for (actor, list) in moves.0.iter().enumerate() {
+            for m in list {
+                for room in [m.from, m.to] {
+                    by_room
+                        .entry(room)
+                        .or_default()
+                        .push((m.sent_us, m.done_us, actor as u32));
+                }
+            }
+        }
+        for p in players {
+            if let (true, Some(closed)) = (p.connected, p.closed_us) {
+                by_room
+                    .entry(moves.room_at(p, closed))
+                    .or_default()
+                    .push((closed, closed, p.idx));
+            }
+        }
+        let mut longest: HashMap<u32, u64> = HashMap::new();
+        for (room, list) in by_room.iter_mut() {
+            list.sort_unstable();
+            let span = list.iter().map(|&(from, until, _)| until - from).max();
+            longest.insert(*room, span.unwrap_or(0));
+        }
+        Self { by_room, longest }
+    }
+
+    /// Players who entered or left `room` while the event (sent at `from`, routed by
+    /// `until`) could have been routed, ±boundary (sorted): which side of the race they end
+    /// up on is legitimately either, so they are neither expected nor counted for that
+    /// event. The actor's own move is no race (it is the event, or was processed in order
+    /// before the actor's `say`).
+    fn uncertain(
+        &self,
+        room: u32,
+        (from, until): (u64, u64),
+        boundary: u64,
+        actor: u32,
+    ) -> Vec<u32> {
+        let mut out: Vec<u32> = self.by_room.get(&room).map_or_else(Vec::new, |list| {
             let lo_t = from.saturating_sub(boundary);
             let hi_t = until.max(from) + boundary;
-            let reach = longest.get(&room).copied().unwrap_or(0);
+            let reach = self.longest.get(&room).copied().unwrap_or(0);
             let lo = list.partition_point(|&(start, _, _)| start < lo_t.saturating_sub(reach));
             let hi = list.partition_point(|&(start, _, _)| start <= hi_t);
             list[lo..hi]
@@ -450,89 +562,143 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
         out.sort_unstable();
         out.dedup();
         out
-    };
-    let empty = Vec::new();
-    let mut deliveries: BTreeMap<&'static str, Delivery> = BTreeMap::new();
-    let check = |members: &HashMap<u32, Vec<u32>>,
-                 d: &mut Delivery,
-                 room: u32,
-                 (from, until): (u64, u64),
-                 actor: u32,
-                 got: &[u32]| {
-        let uncertain = uncertain_in(room, from, until, actor);
-        let expected: Vec<u32> = members
-            .get(&room)
-            .map(|v| v.iter().copied().filter(|&p| p != actor).collect())
-            .unwrap_or_default();
-        compare_certain(expected, got, &uncertain, d);
-    };
-    for (t, _, step) in &steps {
-        match step {
-            Step::Move { actor, m } => {
-                if plan.in_window(*t) {
-                    for (name, room, tag) in [
-                        ("player_left", m.from, LEFT),
-                        ("player_entered", m.to, ENTERED),
-                    ] {
-                        let d = deliveries.entry(name).or_default();
-                        d.events += 1;
-                        let key = (tag, *actor, m.n);
-                        let got = received.get(&key).unwrap_or(&empty);
-                        let last = last_receipt.get(&key).copied().unwrap_or(0);
-                        check(&members, d, room, (*t, m.done_us.max(last)), *actor, got);
-                    }
-                }
-                let a = *actor as usize;
-                let current = room_of[a];
-                if let Some(list) = members.get_mut(&current)
-                    && let Some(i) = list.iter().position(|p| p == actor)
-                {
-                    list.swap_remove(i);
-                }
-                room_of[a] = m.to;
-                members.entry(m.to).or_default().push(*actor);
-            }
-            Step::Close { player } => {
-                let a = *player as usize;
-                if let Some(list) = members.get_mut(&room_of[a])
-                    && let Some(i) = list.iter().position(|p| p == player)
-                {
-                    list.swap_remove(i);
-                }
-                room_of[a] = NO_ROOM;
-            }
-            Step::Chat {
-                kind,
-                actor,
-                n,
-                done_us,
-            } => {
-                if *kind == SentKind::Say {
-                    let d = deliveries.entry("say").or_default();
-                    d.events += 1;
-                    let room = room_of[*actor as usize];
-                    if room == NO_ROOM {
-                        d.excluded += 1;
-                        continue;
-                    }
-                    let key = (SAY, *actor, *n);
-                    let got = received.get(&key).unwrap_or(&empty);
-                    let last = last_receipt.get(&key).copied().unwrap_or(0);
-                    check(&members, d, room, (*t, (*done_us).max(last)), *actor, got);
-                } else {
-                    let d = deliveries.entry("global").or_default();
-                    d.events += 1;
-                    let (expected, uncertain) =
-                        everyone_connected(&connected_at, *t, boundary, Some(*actor));
-                    let got = received.get(&(GLOBAL, *actor, *n)).unwrap_or(&empty);
-                    compare_certain(expected, got, &uncertain, d);
-                }
-            }
+    }
+}
+
+/// Each player's connection: from its first frame until it closed, if it did.
+struct Connections(Vec<Option<(u64, Option<u64>)>>);
+
+impl Connections {
+    fn new(players: &[PlayerRun], slots: usize) -> Self {
+        let mut connected_at = vec![None; slots];
+        for p in players.iter().filter(|p| p.connected) {
+            connected_at[p.idx as usize] = Some((p.connected_us, p.closed_us));
         }
+        Self(connected_at)
     }
 
-    // Ticks: every player connected at the tick's time is expected to get it.
-    let mut tick_times: Vec<u64> = if input.tick_interval_ms > 0 {
+    /// Players connected at `t` (sorted), and those whose connection began or ended within
+    /// ±boundary of it (sorted), which are neither expected nor counted.
+    fn at(&self, t: u64, boundary: u64, except: Option<u32>) -> (Vec<u32>, Vec<u32>) {
+        let mut sure = Vec::new();
+        let mut unsure = Vec::new();
+        for (idx, c) in self.0.iter().enumerate() {
+            let Some((from, until)) = c else { continue };
+            let idx = idx as u32;
+            if Some(idx) == except {
+                continue;
+            }
+            let near = |x: u64| x.abs_diff(t) <= boundary;
+            if near(*from) || until.is_some_and(near) {
+                unsure.push(idx);
+            } else if *from < t && until.is_none_or(|u| u > t) {
+                sure.push(idx);
+            }
+        }
+        (sure, unsure)
+    }
+}
+
+/// Who is in which room, as the replay has got so far.
+struct Rooms {
+    room_of: Vec<u32>,
+    members: HashMap<u32, Vec<u32>>,
+}
+
+impl Rooms {
+    fn at_start(players: &[PlayerRun], slots: usize) -> Self {
+        let mut rooms = Self {
+            room_of: vec![NO_ROOM; slots],
+            members: HashMap::new(),
+        };
+        for p in players {
+            if p.connected && p.room_at_start != NO_ROOM {
+                rooms.enter(p.idx, p.room_at_start);
+            }
+        }
+        rooms
+    }
+
+    fn room_of(&self, player: u32) -> u32 {
+        self.room_of[player as usize]
+    }
+
+    fn enter(&mut self, player: u32, room: u32) {
+        self.room_of[player as usize] = room;
+        self.members.entry(room).or_default().push(player);
+    }
+
+    fn leave(&mut self, player: u32) {
+        let room = &mut self.room_of[player as usize];
+        if let Some(list) = self.members.get_mut(room)
+            && let Some(i) = list.iter().position(|&p| p == player)
+        {
+            list.swap_remove(i);
+        }
+        *room = NO_ROOM;
+    }
+
+    /// Who should hear `actor` in `room`.
+    fn others_in(&self, room: u32, actor: u32) -> Vec<u32> {
+        self.members
+            .get(&room)
+            .map(|v| v.iter().copied().filter(|&p| p != actor).collect())
+            .unwrap_or_default()
+    }
+}
+
+enum Step {
+    Move { actor: u32, m: Move },
+    Say { actor: u32, n: u32, done_us: u64 },
+    Global { actor: u32, n: u32 },
+    Close { player: u32 },
+}
+
+/// Everything that changes who is where or expects recipients, in time order. At the same
+/// instant a departure comes first, then a move, then chat: chat is checked against the
+/// rooms as they are after them.
+fn steps(input: &Inputs<'_>, moves: &Moves, closed_at: &[Option<u64>]) -> Vec<(u64, Step)> {
+    const CLOSE: u8 = 0;
+    const MOVE: u8 = 1;
+    const CHAT: u8 = 2;
+    let plan = input.plan;
+    let mut steps: Vec<(u64, u8, Step)> = Vec::new();
+    for (actor, list) in moves.0.iter().enumerate() {
+        for m in list {
+            let actor = actor as u32;
+            steps.push((m.sent_us, MOVE, Step::Move { actor, m: *m }));
+        }
+    }
+    for p in input.players {
+        if let (true, Some(closed)) = (p.connected, p.closed_us) {
+            steps.push((closed, CLOSE, Step::Close { player: p.idx }));
+        }
+    }
+    for s in input.sent {
+        if s.outcome == Outcome::Error || !plan.in_window(s.sent_us) {
+            continue;
+        }
+        let (actor, n) = (s.actor, s.n);
+        let step = match s.kind {
+            SentKind::Say => Step::Say {
+                actor,
+                n,
+                done_us: done_us(s, &plan, closed_at[actor as usize]),
+            },
+            SentKind::Global => Step::Global { actor, n },
+            SentKind::Move => continue,
+        };
+        steps.push((s.sent_us, CHAT, step));
+    }
+    // Stable: steps at the same instant and order stay in the order of the records.
+    steps.sort_by_key(|(t, order, _)| (*t, *order));
+    steps.into_iter().map(|(t, _, step)| (t, step)).collect()
+}
+
+/// Ticks expected in the window: by the tick's period when known, else those seen.
+fn tick_times(input: &Inputs<'_>, heard: &Heard) -> Vec<u64> {
+    let plan = input.plan;
+    let mut times: Vec<u64> = if input.tick_interval_ms > 0 {
         let period = input.tick_interval_ms * 1000;
         let first = plan.measure_from_us.div_ceil(period);
         (first..)
@@ -540,47 +706,104 @@ pub fn analyse(input: &Inputs<'_>) -> Analysis {
             .take_while(|&t| t < plan.measure_until_us)
             .collect()
     } else {
-        tick_received.keys().copied().collect()
+        heard.ticks.keys().copied().collect()
     };
-    tick_times.dedup();
-    for t in tick_times {
-        let d = deliveries.entry("game_tick").or_default();
-        d.events += 1;
-        let (expected, uncertain) = everyone_connected(&connected_at, t, boundary, None);
-        let got = tick_received.get(&t).unwrap_or(&empty);
-        compare_certain(expected, got, &uncertain, d);
-    }
-    out.deliveries = deliveries
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-    out
+    times.dedup();
+    times
 }
 
-/// Players connected at `t` (sorted), and those whose connection began or ended within
-/// ±boundary of it (sorted), which are neither expected nor counted.
-fn everyone_connected(
-    connected_at: &[Option<(u64, Option<u64>)>],
-    t: u64,
+/// Compares expected with received recipients, event by event, per kind.
+struct Checker<'a> {
+    plan: Plan,
     boundary: u64,
-    except: Option<u32>,
-) -> (Vec<u32>, Vec<u32>) {
-    let mut sure = Vec::new();
-    let mut unsure = Vec::new();
-    for (idx, c) in connected_at.iter().enumerate() {
-        let Some((from, until)) = c else { continue };
-        let idx = idx as u32;
-        if Some(idx) == except {
-            continue;
-        }
-        let near = |x: u64| x.abs_diff(t) <= boundary;
-        if near(*from) || until.is_some_and(near) {
-            unsure.push(idx);
-        } else if *from < t && until.is_none_or(|u| u > t) {
-            sure.push(idx);
+    heard: &'a Heard,
+    touches: Touches,
+    connections: Connections,
+    deliveries: BTreeMap<&'static str, Delivery>,
+}
+
+impl Checker<'_> {
+    /// Checks the events of `step`, then applies it to `rooms`.
+    fn step(&mut self, rooms: &mut Rooms, t: u64, step: &Step) {
+        match *step {
+            Step::Move { actor, m } => {
+                if self.plan.in_window(t) {
+                    self.room_event(
+                        rooms,
+                        "player_left",
+                        (LEFT, actor, m.n),
+                        m.from,
+                        (t, m.done_us),
+                    );
+                    self.room_event(
+                        rooms,
+                        "player_entered",
+                        (ENTERED, actor, m.n),
+                        m.to,
+                        (t, m.done_us),
+                    );
+                }
+                rooms.leave(actor);
+                rooms.enter(actor, m.to);
+            }
+            Step::Close { player } => rooms.leave(player),
+            Step::Say { actor, n, done_us } => {
+                let room = rooms.room_of(actor);
+                if room == NO_ROOM {
+                    let d = self.deliveries.entry("say").or_default();
+                    d.events += 1;
+                    d.excluded += 1;
+                } else {
+                    self.room_event(rooms, "say", (SAY, actor, n), room, (t, done_us));
+                }
+            }
+            Step::Global { actor, n } => {
+                let (expected, uncertain) = self.connections.at(t, self.boundary, Some(actor));
+                let got = self.heard.players((GLOBAL, actor, n));
+                let d = self.deliveries.entry("global").or_default();
+                d.events += 1;
+                compare_certain(expected, got, &uncertain, d);
+            }
         }
     }
-    (sure, unsure)
+
+    /// An event heard by the others in `room`, sent at `sent` and routed by `done` (the
+    /// sender's answer) or by its last receipt, whichever is later.
+    fn room_event(
+        &mut self,
+        rooms: &Rooms,
+        name: &'static str,
+        key: EventKey,
+        room: u32,
+        (sent, done): (u64, u64),
+    ) {
+        let actor = key.1;
+        let routed_by = done.max(self.heard.last_us(key));
+        let uncertain = self
+            .touches
+            .uncertain(room, (sent, routed_by), self.boundary, actor);
+        let expected = rooms.others_in(room, actor);
+        let d = self.deliveries.entry(name).or_default();
+        d.events += 1;
+        compare_certain(expected, self.heard.players(key), &uncertain, d);
+    }
+
+    /// Every player connected at a tick's time is expected to get it.
+    fn ticks(&mut self, times: &[u64]) {
+        for &t in times {
+            let (expected, uncertain) = self.connections.at(t, self.boundary, None);
+            let d = self.deliveries.entry("game_tick").or_default();
+            d.events += 1;
+            compare_certain(expected, self.heard.tick(t), &uncertain, d);
+        }
+    }
+
+    fn into_deliveries(self) -> BTreeMap<String, Delivery> {
+        self.deliveries
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect()
+    }
 }
 
 /// Compares expected with received recipients, leaving out the `uncertain` (sorted) on
@@ -918,5 +1141,91 @@ mod tests {
         // Player 0 left before player 2 spoke: its receipt is now extra.
         assert_eq!(a.deliveries["say"].extra, 1);
         assert_eq!(a.deliveries["say"].expected, 0);
+    }
+
+    /// Every figure of one small run, beyond the scene: a global heard twice by one player,
+    /// a refused move, an unanswered say, a say from a player already gone, a presence
+    /// event matching no move, and a player leaving the game.
+    #[test]
+    fn a_small_run_counts_every_kind_of_command_and_receipt() {
+        let (mut players, mut commands, mut receipts) = scene();
+        let at = |s: u64| T0 + s * S;
+        players.push(player(3, 30));
+        players[3].closed_us = Some(at(42));
+        commands.push(sent(SentKind::Global, 1, 2, at(35), 10, NO_ROOM));
+        commands.push(sent(SentKind::Say, 3, 1, at(44), 30, NO_ROOM));
+        commands.push(Sent {
+            outcome: Outcome::Error,
+            ..sent(SentKind::Move, 2, 2, at(55), 20, 10)
+        });
+        commands.push(Sent {
+            outcome: Outcome::Unconfirmed,
+            replied_us: 0,
+            ..sent(SentKind::Say, 0, 1, at(60), 20, NO_ROOM)
+        });
+        receipts.push(got(Kind::Tick, 3, 0, 0, NO_ROOM, at(30), at(30) + 4_000));
+        for recipient in [0, 2, 2, 3] {
+            receipts.push(got(
+                Kind::Global,
+                recipient,
+                1,
+                2,
+                NO_ROOM,
+                at(35),
+                at(35) + 2_000,
+            ));
+        }
+        receipts.push(got(Kind::Say, 2, 0, 1, 20, at(60), at(60) + 1_500));
+        receipts.push(got(Kind::Entered, 0, 1, 0, 99, 0, at(45)));
+        receipts.push(got(Kind::LeftGame, 0, 3, 0, NO_ROOM, 0, at(42) + 1_000));
+        let a = run(&players, &commands, &receipts, 0);
+
+        let commands: Vec<(&str, u64)> = a.commands.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(commands, [("global", 1), ("move", 2), ("say", 4)]);
+        assert_eq!((a.commands_failed, a.commands_unconfirmed), (1, 1));
+        assert_eq!((a.unattributed_presence, a.churn_events), (1, 1));
+        assert_eq!(a.received_in_window, 14);
+        assert!((a.received_per_sec - 14.0 / 60.0).abs() < 1e-9);
+        assert!((a.received_per_sec_by_kind["global"] - 4.0 / 60.0).abs() < 1e-9);
+        let count = |name: &str| a.latency[name].count;
+        assert_eq!(
+            [
+                count("room_event"),
+                count("say"),
+                count("presence"),
+                count("global"),
+                count("tick")
+            ],
+            [4, 2, 2, 4, 4]
+        );
+
+        let delivery = |events, checked, excluded, expected, duplicates| Delivery {
+            events,
+            checked,
+            excluded,
+            uncertain: 0,
+            expected,
+            received: expected,
+            missing: 0,
+            extra: 0,
+            duplicates,
+        };
+        let deliveries: Vec<(&str, Delivery)> = a
+            .deliveries
+            .iter()
+            .map(|(k, d)| (k.as_str(), d.clone()))
+            .collect();
+        assert_eq!(
+            deliveries,
+            [
+                // 0, 2 and 3 were connected; 1 spoke.
+                ("game_tick", delivery(1, 1, 0, 4, 0)),
+                ("global", delivery(1, 1, 0, 3, 1)),
+                ("player_entered", delivery(1, 1, 0, 1, 0)),
+                ("player_left", delivery(1, 1, 0, 1, 0)),
+                // 1 alone, 2 heard by 0, 0 heard by 2; 3 had gone.
+                ("say", delivery(4, 3, 1, 2, 0)),
+            ]
+        );
     }
 }
