@@ -414,6 +414,8 @@ pub async fn start_stack(
         let mut command = Command::new(&args.natsmud);
         command
             .args(["--bind", &format!("127.0.0.1:{port}")])
+            // Several nodes share the machine: no telnet port to collide on.
+            .args(["--telnet-bind", "0"])
             .args(["--nats-url", nats_url])
             .args(["--node-id", &format!("node-{}", k + 1)])
             .arg("--data-dir")
