@@ -554,3 +554,23 @@ async fn shutdown_says_goodbye_to_telnet_players_and_those_logging_in() {
     assert!(alice.expect_closed().await.contains("shutting down"));
     assert!(newcomer.expect_closed().await.contains("shutting down"));
 }
+
+#[tokio::test]
+async fn lines_wrap_to_the_window_and_an_idle_player_is_closed() {
+    let app = TestApp::spawn_with(|config| config.telnet_idle_secs = 2).await;
+    app.register("Alice").await;
+    let mut alice = telnet(&app).await;
+    alice
+        .send(&[IAC, WILL, NAWS, IAC, SB, NAWS, 0, 30, 0, 24, IAC, SE])
+        .await;
+    alice.log_in("Alice", "correct horse").await;
+    alice.line("help").await;
+    let help = alice.expect_text("leave the game").await;
+    let longest = help.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+    assert!(longest <= 29, "{longest} columns in {help}");
+    // Nothing typed for the idle timeout: closed, with a reason.
+    let started = Instant::now();
+    let rest = alice.expect_closed().await;
+    assert!(rest.contains("idle too long"), "{rest}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

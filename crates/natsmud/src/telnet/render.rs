@@ -173,7 +173,8 @@ pub fn wrap(line: &str, width: Option<usize>) -> Vec<String> {
                 break;
             }
             if used > 0 {
-                out.push(std::mem::take(&mut current));
+                // Spaces that only padded the line out are not worth a line of their own.
+                out.push(std::mem::take(&mut current).trim_end().to_owned());
                 used = 0;
                 continue;
             }
