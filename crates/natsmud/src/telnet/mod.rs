@@ -133,11 +133,12 @@ impl Wire {
         self.write.write_all(bytes).await.map_err(|_| Ended::Gone)
     }
 
-    /// Writes `text`'s lines (in `colour`, when the client has colour on); errors are left
-    /// to the next read to find.
+    /// Writes `text`'s lines, wrapped to the client's width once it told us (in `colour`,
+    /// when the client has colour on); errors are left to the next read to find.
     async fn say(&mut self, colour: Option<&str>, text: &str) {
         let mut out = Vec::new();
-        for line in text.lines() {
+        let width = self.client.width.map(usize::from);
+        for line in text.lines().flat_map(|line| render::wrap(line, width)) {
             match colour {
                 Some(code) if self.client.colour => {
                     out.extend_from_slice(format!("\x1b[{code}m{line}\x1b[0m").as_bytes());
