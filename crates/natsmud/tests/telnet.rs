@@ -574,3 +574,28 @@ async fn lines_wrap_to_the_window_and_an_idle_player_is_closed() {
     assert!(rest.contains("idle too long"), "{rest}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn a_dropped_telnet_player_stays_link_dead_and_comes_back_unannounced() {
+    let app = TestApp::spawn_with(|config| config.link_dead_grace_secs = 30).await;
+    let mut bob = app.join("Bob").await;
+    app.register("Alice").await;
+    let mut alice = telnet(&app).await;
+    alice.log_in("Alice", "correct horse").await;
+    bob.expect(EventType::PlayerEnteredGame).await;
+    // The connection drops without `quit`: the room hears nothing, and Alice is still here.
+    drop(alice);
+    bob.expect_silence().await;
+    assert_eq!(
+        bob.reply("who").await.data["result"],
+        "Players online (2): Alice (link-dead), Bob"
+    );
+    let mut again = telnet(&app).await;
+    again.log_in("Alice", "correct horse").await;
+    bob.expect_silence().await;
+    again.line("say back").await;
+    assert_eq!(
+        bob.expect(EventType::ChatMessage).await.data["message"],
+        "Alice says: back"
+    );
+}
