@@ -169,6 +169,8 @@ export class Stack {
     fs.mkdirSync(dataDir, { recursive: true });
     this.server = startProcess(natsmudBin(), [
       '--bind', `127.0.0.1:${this.port}`,
+      // Browser tests need no telnet, and must not fight over its default port.
+      '--telnet-bind', '0',
       '--nats-url', this.natsUrl,
       '--data-dir', dataDir,
       '--jwt-secret', 'test-secret',

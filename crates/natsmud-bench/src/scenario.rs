@@ -207,15 +207,22 @@ async fn supported_flags(
     let threads = worker_threads.to_string();
     let runtime = [("--worker-threads", threads.as_str())];
     let runtime: &[(&str, &str)] = if worker_threads > 0 { &runtime } else { &[] };
+    let listed = |flag: &str| {
+        text.split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[')
+            .any(|w| w == flag)
+    };
     for (flag, value) in wanted.iter().chain(runtime) {
-        let listed = text
-            .split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[')
-            .any(|w| w == *flag);
-        if listed {
+        if listed(flag) {
             have.push(format!("{flag}={value}"));
         } else {
             missing.push(flag.to_string());
         }
+    }
+    // Several nodes share the machine: none listens for telnet, whose default port they
+    // would fight over. An older natsmud has no telnet to turn off, and misses nothing.
+    let telnet_off = ("--telnet-bind", "0");
+    if listed(telnet_off.0) {
+        have.push(format!("{}={}", telnet_off.0, telnet_off.1));
     }
     Ok((have, missing))
 }

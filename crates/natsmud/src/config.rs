@@ -27,6 +27,16 @@ pub struct Config {
     #[arg(long, env = "NATSMUD_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
 
+    /// Address the telnet listener (MUD clients: Mudlet, TinTin++, `telnet`) listens on;
+    /// `0` or empty: no telnet.
+    #[arg(long, env = "NATSMUD_TELNET_BIND", default_value = "127.0.0.1:4000", value_parser = parse_optional_addr)]
+    pub telnet_bind: OptionalAddr,
+
+    /// Seconds a telnet player may stay silent before the connection is closed (MUD
+    /// clients send nothing while their player idles, so this is long). 0: never.
+    #[arg(long, env = "NATSMUD_TELNET_IDLE_SECS", default_value_t = 3600)]
+    pub telnet_idle_secs: u64,
+
     /// Address serving only `/health` and `/metrics`, outside the socket caps, for an
     /// orchestrator or monitor: it still answers when the main address is full. Unset: none.
     #[arg(long, env = "NATSMUD_ADMIN_BIND")]
@@ -295,6 +305,23 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// An address to listen on, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+/// `""` and `"0"` turn a listener off (a port of 0 is kept: the system picks one).
+fn parse_optional_addr(value: &str) -> Result<OptionalAddr, String> {
+    match value.trim() {
+        "" | "0" => Ok(OptionalAddr(None)),
+        address => address
+            .parse()
+            .map(|address| OptionalAddr(Some(address)))
+            .map_err(|_| {
+                format!("{value:?} is not an address like 127.0.0.1:4000 (or 0 for none)")
+            }),
+    }
+}
+
 fn parse_tick_interval(value: &str) -> Result<u64, String> {
     let ms: u64 = value
         .parse()
@@ -512,6 +539,11 @@ impl Config {
         (self.tick_interval_ms > 0).then(|| Duration::from_millis(self.tick_interval_ms))
     }
 
+    /// How long a telnet player may stay silent; `None`: for ever.
+    pub fn telnet_idle(&self) -> Option<Duration> {
+        (self.telnet_idle_secs > 0).then(|| Duration::from_secs(self.telnet_idle_secs))
+    }
+
     pub fn link_dead_grace(&self) -> Duration {
         Duration::from_secs(self.link_dead_grace_secs)
     }
@@ -595,6 +627,27 @@ mod tests {
                 .unwrap_or_default();
             assert!(error.contains(zero), "{zero}: {error}");
         }
+    }
+
+    #[test]
+    fn telnet_listens_on_4000_unless_turned_off() {
+        let config = load(&[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.telnet_bind.0.map(|a| a.port()), Some(4000));
+        for off in ["0", ""] {
+            let config = load(&["--telnet-bind", off]).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(config.telnet_bind, OptionalAddr(None), "{off:?}");
+        }
+        let (_dir, path) = write("telnet_bind = \"\"\n");
+        let config = load(&["--config", &path.to_string_lossy()]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.telnet_bind, OptionalAddr(None));
+        let config = load(&["--telnet-bind", "127.0.0.1:0"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.telnet_bind.0.map(|a| a.port()), Some(0));
+        let (_dir, path) = write("telnet_bind = \"port 4000\"\n");
+        let error = load(&["--config", &path.to_string_lossy()])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("`telnet_bind`"), "{error}");
     }
 
     #[test]

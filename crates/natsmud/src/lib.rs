@@ -18,6 +18,9 @@
 //! - [`routes`]: HTTP (`/api/auth/*`, `/health`, `/metrics`, the web client), the WebSocket
 //!   (`/api/ws`) and SSE (`/api/events` + `POST /api/command`), sharing one connection life
 //!   ([`routes::session`]).
+//! - [`telnet`]: the telnet listener for MUD clients: login on the line, each line a game
+//!   command, each frame rendered as text (and GMCP); one more transport over the same
+//!   connection life.
 //! - [`services`]: the game tick.
 //! - [`telemetry`]: logs and Prometheus metrics.
 //! - [`game`]: what each command does. Other players only ever learn of it through NATS.
@@ -40,6 +43,7 @@ pub mod routes;
 pub mod services;
 pub mod startup;
 pub mod telemetry;
+pub mod telnet;
 pub mod world;
 
 pub use config::Config;

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -137,11 +137,13 @@ pub fn raise_open_files_limit() -> Option<u64> {
 }
 
 /// Serves `router` on `listener` until `stop` is cancelled, then stops accepting and
-/// returns once every HTTP connection has finished (see the module's notes).
+/// returns once every HTTP connection has finished (see the module's notes). `admission`
+/// counts sockets; the telnet listener shares it, so the caps hold across both.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     settings: Settings,
+    admission: Admission,
     stop: CancellationToken,
 ) {
     tracing::info!(
@@ -151,54 +153,17 @@ pub async fn serve(
         write_timeout_secs = settings.write_timeout.as_secs(),
         "accepting connections"
     );
-    let admission = Admission::new(settings.max_per_ip, settings.max_sockets);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout);
     let connections = TaskTracker::new();
-    let mut accept_errors = Throttled::new(LOG_EVERY);
-    let mut refused_per_ip = Throttled::new(LOG_EVERY);
-    let mut refused_max_sockets = Throttled::new(LOG_EVERY);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                metrics::counter!(telemetry::ACCEPT_ERRORS).increment(1);
-                // The client gave up before we took it: nothing is wrong here.
-                if is_connection_error(&error) {
-                    continue;
-                }
-                if let Some(count) = accept_errors.note() {
-                    tracing::error!(%error, count, "cannot accept connections; retrying");
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
-                }
-            }
-        };
-        let slot = match admission.admit(peer.ip()) {
-            Ok(slot) => slot,
-            Err(refusal) => {
-                let (reason, log) = match refusal {
-                    Refusal::PerAddress => ("per_ip", &mut refused_per_ip),
-                    Refusal::MaxSockets => ("max_sockets", &mut refused_max_sockets),
-                };
-                metrics::counter!(telemetry::SOCKETS_REFUSED, "reason" => reason).increment(1);
-                if let Some(count) = log.note() {
-                    tracing::warn!(%peer, reason, count, "refusing connections over the cap");
-                }
-                refuse(stream, refusal);
-                continue;
-            }
-        };
-        configure(&stream);
-        let socket = Socket::new(stream, settings.write_timeout, slot);
+    let mut acceptor = Acceptor::new(
+        listener,
+        admission,
+        settings.write_timeout,
+        Refusal::response,
+    );
+    while let Some((socket, peer)) = acceptor.next(&stop).await {
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
@@ -223,9 +188,86 @@ pub async fn serve(
             }
         });
     }
-    drop(listener);
+    drop(acceptor);
     connections.close();
     connections.wait().await;
+}
+
+/// One listener's accept loop: admission under the socket caps (a socket over one is
+/// answered with what `answer` makes of the refusal, and closed), `TCP_NODELAY`, and the
+/// write deadline; accept errors are logged at most once per period, with a short rest.
+pub struct Acceptor {
+    listener: TcpListener,
+    admission: Admission,
+    write_timeout: Duration,
+    answer: fn(Refusal) -> Vec<u8>,
+    accept_errors: Throttled,
+    refused_per_ip: Throttled,
+    refused_max_sockets: Throttled,
+}
+
+impl Acceptor {
+    pub fn new(
+        listener: TcpListener,
+        admission: Admission,
+        write_timeout: Duration,
+        answer: fn(Refusal) -> Vec<u8>,
+    ) -> Self {
+        Self {
+            listener,
+            admission,
+            write_timeout,
+            answer,
+            accept_errors: Throttled::new(LOG_EVERY),
+            refused_per_ip: Throttled::new(LOG_EVERY),
+            refused_max_sockets: Throttled::new(LOG_EVERY),
+        }
+    }
+
+    /// The next admitted socket, or `None` once `stop` is cancelled.
+    pub async fn next(&mut self, stop: &CancellationToken) -> Option<(Socket, SocketAddr)> {
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return None,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    metrics::counter!(telemetry::ACCEPT_ERRORS).increment(1);
+                    // The client gave up before we took it: nothing is wrong here.
+                    if is_connection_error(&error) {
+                        continue;
+                    }
+                    if let Some(count) = self.accept_errors.note() {
+                        tracing::error!(%error, count, "cannot accept connections; retrying");
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    }
+                }
+            };
+            match self.admission.admit(peer.ip()) {
+                Ok(slot) => {
+                    configure(&stream);
+                    return Some((Socket::new(stream, self.write_timeout, slot), peer));
+                }
+                Err(refusal) => {
+                    let (reason, log) = match refusal {
+                        Refusal::PerAddress => ("per_ip", &mut self.refused_per_ip),
+                        Refusal::MaxSockets => ("max_sockets", &mut self.refused_max_sockets),
+                    };
+                    metrics::counter!(telemetry::SOCKETS_REFUSED, "reason" => reason).increment(1);
+                    if let Some(count) = log.note() {
+                        tracing::warn!(%peer, reason, count, "refusing connections over the cap");
+                    }
+                    refuse(stream, &(self.answer)(refusal));
+                }
+            }
+        }
+    }
 }
 
 /// What every accepted socket gets before it is served.
@@ -252,7 +294,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    fn message(self) -> &'static str {
+    pub fn message(self) -> &'static str {
         match self {
             Self::PerAddress => "too many connections from your address; close some and retry",
             Self::MaxSockets => "the server has too many connections open; retry shortly",
@@ -274,8 +316,8 @@ impl Refusal {
     }
 }
 
-/// Answers a socket over a cap and closes it, never waiting on the client.
-fn refuse(stream: TcpStream, refusal: Refusal) {
+/// Answers a socket over a cap with `answer` and closes it, never waiting on the client.
+pub fn refuse(stream: TcpStream, answer: &[u8]) {
     // A plain non-blocking socket: tokio's `try_write` would not even try before the
     // reactor has reported the new socket writable.
     let Ok(mut stream) = stream.into_std() else {
@@ -291,7 +333,7 @@ fn refuse(stream: TcpStream, refusal: Refusal) {
             _ => break,
         }
     }
-    let _ = stream.write(&refusal.response());
+    let _ = stream.write(answer);
 }
 
 /// Counts sockets, in all and per client address.

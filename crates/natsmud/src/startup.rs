@@ -82,14 +82,49 @@ impl AppState {
     }
 }
 
-/// Serves on `listener` until `shutdown` resolves, then: stops accepting, closes every
-/// socket with 1001 (each publishing its `player_left_game`), waits for them, flushes
-/// NATS and closes the database.
+/// The sockets a node serves on, bound before it starts (tests bind port 0 and read the
+/// ports back).
+pub struct Listeners {
+    /// HTTP, WebSocket and SSE.
+    pub http: TcpListener,
+    /// Telnet, for MUD clients; `None`: no telnet.
+    pub telnet: Option<TcpListener>,
+}
+
+/// Serves on `listener` (and on `telnet_bind`, bound here) until `shutdown` resolves;
+/// see [`run_on`].
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let telnet = match config.telnet_bind.0 {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (telnet_bind)"))?,
+        ),
+        None => None,
+    };
+    let listeners = Listeners {
+        http: listener,
+        telnet,
+    };
+    run_on(listeners, config, shutdown).await
+}
+
+/// Serves on `listeners` until `shutdown` resolves, then: stops accepting, closes every
+/// socket with 1001 (each publishing its `player_left_game`), waits for them, flushes
+/// NATS and closes the database.
+pub async fn run_on(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Listeners {
+        http: listener,
+        telnet,
+    } = listeners;
     let world = Arc::new(match &config.world_dir {
         Some(dir) => World::load_dir(dir)?,
         None => World::built_in()?,
@@ -275,13 +310,29 @@ pub async fn run(
     );
 
     let stop_http = CancellationToken::new();
+    let net_settings = crate::net::Settings::from_config(&state.config);
+    // One count of sockets for both listeners, so the caps hold across them.
+    let admission = crate::net::Admission::new(net_settings.max_per_ip, net_settings.max_sockets);
     let server = crate::net::serve(
         listener,
         crate::routes::router(state.clone()),
-        crate::net::Settings::from_config(&state.config),
+        net_settings,
+        admission.clone(),
         stop_http.clone(),
     );
     let server_task = tokio::spawn(server);
+    let telnet_task = match telnet {
+        Some(telnet) => {
+            tracing::info!(address = %telnet.local_addr()?, "serving telnet");
+            Some(tokio::spawn(crate::telnet::serve(
+                telnet,
+                state.clone(),
+                admission,
+                stop_http.clone(),
+            )))
+        }
+        None => None,
+    };
     if let Some(address) = state.config.admin_bind {
         let admin = TcpListener::bind(address)
             .await
@@ -330,6 +381,9 @@ pub async fn run(
     stop_handler.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), handler_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), server_task).await;
+    if let Some(task) = telnet_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     // Moves already answered are stored before the database closes.
     state.room_writer.close().await;
     state.accounts.close().await;

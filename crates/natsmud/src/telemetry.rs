@@ -1,7 +1,7 @@
 //! Logs (tracing) and metrics (Prometheus text at `GET /metrics`).
 //!
 //! Metric names, all prefixed `natsmud_`:
-//! - `connections{transport}` (gauge): open WebSocket and SSE connections.
+//! - `connections{transport}` (gauge): open WebSocket, SSE and telnet connections.
 //! - `events_published_total{event_type}`, `events_publish_failed_total{event_type}`.
 //! - `publish_seconds` (histogram): handing one event to NATS.
 //! - `events_received_total`: events read from NATS; `events_rejected_total{reason}`: ones

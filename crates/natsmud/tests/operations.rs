@@ -138,6 +138,8 @@ fn help_documents_every_option() {
         "--world",
         "--outbound-queue",
         "--max-frame-bytes",
+        "--telnet-bind",
+        "--telnet-idle-secs",
         "--log",
         "--log-json",
         "--config",
@@ -218,6 +220,8 @@ fn natsmud_against(nats_url: &str) -> (std::process::ExitStatus, String) {
         .args([
             "--bind",
             "127.0.0.1:0",
+            "--telnet-bind",
+            "0",
             "--nats-url",
             nats_url,
             "--tick-interval-ms",

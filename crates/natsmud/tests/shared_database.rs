@@ -143,7 +143,14 @@ fn an_unusable_database_url_fails_at_start_without_its_password() {
         ),
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_natsmud"))
-            .args(["--bind", "127.0.0.1:0", "--database-url", &url])
+            .args([
+                "--bind",
+                "127.0.0.1:0",
+                "--telnet-bind",
+                "0",
+                "--database-url",
+                &url,
+            ])
             .arg("--data-dir")
             .arg(dir.path())
             .output()

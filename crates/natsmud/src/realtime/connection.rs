@@ -163,6 +163,7 @@ pub const COMMAND_QUEUE: usize = 32;
 pub enum Transport {
     WebSocket,
     Sse,
+    Telnet,
 }
 
 impl Transport {
@@ -170,6 +171,7 @@ impl Transport {
         match self {
             Self::WebSocket => "websocket",
             Self::Sse => "sse",
+            Self::Telnet => "telnet",
         }
     }
 }
@@ -207,6 +209,12 @@ impl CloseReason {
         code: 1001,
         reason: "ping timeout",
         drain: false,
+    };
+    /// A telnet player sent nothing for the idle timeout (MUD clients have no pings).
+    pub const IDLE: Self = Self {
+        code: 1001,
+        reason: "idle timeout",
+        drain: true,
     };
     pub const PROTOCOL_ERROR: Self = Self {
         code: 1002,

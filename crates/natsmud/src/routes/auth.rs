@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::auth::AuthError;
+use crate::db::Account;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -20,7 +21,7 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024;
 /// Passwords longer than this are refused before hashing, so nobody can make the server
 /// hash megabytes.
 const MAX_PASSWORD_CHARS: usize = 256;
-const MIN_PASSWORD_CHARS: usize = 8;
+pub const MIN_PASSWORD_CHARS: usize = 8;
 
 const EXPECTED: &str = r#"send {"username": "…", "password": "…"}"#;
 
@@ -110,40 +111,13 @@ pub async fn register(
         .check(peer.ip())
         .map_err(ApiError::RateLimited)?;
     let credentials = body(payload)?;
-    let name = PlayerName::parse(credentials.username.trim()).map_err(|_| ApiError::Invalid {
-        code: "invalid_username",
-        message: "Usernames are 3–20 characters: a letter, then letters, digits or '_'.".to_owned(),
-    })?;
-    if name.is_reserved() {
-        return Err(ApiError::Invalid {
-            code: "invalid_username",
-            message: format!("The name {name} is reserved; choose another."),
-        });
-    }
-    let chars = credentials.password.chars().count();
-    if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&chars) {
-        return Err(ApiError::Invalid {
-            code: "invalid_password",
-            message: format!(
-                "Passwords are {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters."
-            ),
-        });
-    }
-    if app.accounts.find_by_name(&name).await?.is_some() {
-        return Err(ApiError::UsernameTaken);
-    }
-    let hash = app
-        .passwords
-        .hash(credentials.password)
-        .await
-        .map_err(busy)?;
-    let id = PlayerId::parse(&uuid::Uuid::new_v4().to_string())
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    app.accounts
-        .create(&id, &name, &hash, &app.world.start_room)
-        .await?;
-    tracing::info!(player = %name, "registered");
-    Ok((StatusCode::CREATED, Json(respond(&app, &id, &name)?)))
+    let name = new_name(&credentials.username)?;
+    new_password(&credentials.password)?;
+    let account = create_account(&app, name, credentials.password).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(respond(&app, &account.id, &account.name)?),
+    ))
 }
 
 pub async fn login(
@@ -155,22 +129,86 @@ pub async fn login(
         .check(peer.ip())
         .map_err(ApiError::RateLimited)?;
     let credentials = body(payload)?;
-    if credentials.password.chars().count() > MAX_PASSWORD_CHARS {
-        return Err(ApiError::BadCredentials);
+    let account = find_account(&app, &credentials.username).await?;
+    let account = check_password(&app, account, credentials.password).await?;
+    Ok(Json(respond(&app, &account.id, &account.name)?))
+}
+
+/// A name for a new account, checked as registering checks it (the telnet login too).
+pub fn new_name(username: &str) -> Result<PlayerName, ApiError> {
+    let name = PlayerName::parse(username.trim()).map_err(|_| ApiError::Invalid {
+        code: "invalid_username",
+        message: "Usernames are 3–20 characters: a letter, then letters, digits or '_'.".to_owned(),
+    })?;
+    if name.is_reserved() {
+        return Err(ApiError::Invalid {
+            code: "invalid_username",
+            message: format!("The name {name} is reserved; choose another."),
+        });
     }
-    let account = match PlayerName::parse(credentials.username.trim()) {
+    Ok(name)
+}
+
+/// Refuses a password for a new account that is too short or too long.
+pub fn new_password(password: &str) -> Result<(), ApiError> {
+    let chars = password.chars().count();
+    if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&chars) {
+        return Err(ApiError::Invalid {
+            code: "invalid_password",
+            message: format!(
+                "Passwords are {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters."
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Stores a new account (`name` and `password` checked by [`new_name`] and
+/// [`new_password`]); `UsernameTaken` when the name is someone's already.
+pub async fn create_account(
+    app: &AppState,
+    name: PlayerName,
+    password: String,
+) -> Result<Account, ApiError> {
+    if app.accounts.find_by_name(&name).await?.is_some() {
+        return Err(ApiError::UsernameTaken);
+    }
+    let hash = app.passwords.hash(password).await.map_err(busy)?;
+    let id = PlayerId::parse(&uuid::Uuid::new_v4().to_string())
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    app.accounts
+        .create(&id, &name, &hash, &app.world.start_room)
+        .await?;
+    tracing::info!(player = %name, "registered");
+    Ok(Account {
+        id,
+        name,
+        password_hash: hash,
+        room_id: None,
+    })
+}
+
+/// The account of `username`, if there is one (a name that cannot be one has none).
+pub async fn find_account(app: &AppState, username: &str) -> Result<Option<Account>, ApiError> {
+    Ok(match PlayerName::parse(username.trim()) {
         Ok(name) => app.accounts.find_by_name(&name).await?,
         Err(_) => None,
-    };
-    let hash = account.as_ref().map(|a| a.password_hash.clone());
-    if !app
-        .passwords
-        .verify(credentials.password, hash)
-        .await
-        .map_err(busy)?
-    {
+    })
+}
+
+/// `account` when `password` is its password. Without an account the password is still
+/// checked (against a dummy hash), so that an unknown name costs what a wrong password does.
+pub async fn check_password(
+    app: &AppState,
+    account: Option<Account>,
+    password: String,
+) -> Result<Account, ApiError> {
+    if password.chars().count() > MAX_PASSWORD_CHARS {
         return Err(ApiError::BadCredentials);
     }
-    let account = account.ok_or(ApiError::BadCredentials)?;
-    Ok(Json(respond(&app, &account.id, &account.name)?))
+    let hash = account.as_ref().map(|a| a.password_hash.clone());
+    if !app.passwords.verify(password, hash).await.map_err(busy)? {
+        return Err(ApiError::BadCredentials);
+    }
+    account.ok_or(ApiError::BadCredentials)
 }

@@ -216,6 +216,15 @@ async fn attach_now(
     Ok(attached)
 }
 
+/// The reason a connection that could not be let in is closed with.
+pub fn refusal(error: &ManagerError) -> CloseReason {
+    match error {
+        ManagerError::Full => CloseReason::SERVER_FULL,
+        ManagerError::Busy => CloseReason::BUSY,
+        _ => CloseReason::SHUTDOWN,
+    }
+}
+
 /// Puts `resumed` and the events the player missed right behind its greeting. `stayed`:
 /// whether the player was still in the world (link-dead, or connected elsewhere) when it
 /// came back (`None`: unknown, presence was unavailable).

@@ -30,9 +30,7 @@ use crate::db::Account;
 use crate::error::ApiError;
 use crate::limits::{CommandLimiter, Verdict};
 use crate::realtime::connection::{Gate, Outbound};
-use crate::realtime::connection_manager::{
-    CloseReason, ConnectionHandle, Kick, ManagerError, Queued, Transport,
-};
+use crate::realtime::connection_manager::{CloseReason, ConnectionHandle, Kick, Queued, Transport};
 use crate::realtime::resume::ResumeFrom;
 use crate::startup::AppState;
 use crate::telemetry;
@@ -100,10 +98,7 @@ pub async fn authenticate(
 ) -> Result<Account, ApiError> {
     let token = token.filter(|t| !t.is_empty()).ok_or(ApiError::BadToken)?;
     let claims = app.tokens.verify(token).map_err(|_| ApiError::BadToken)?;
-    let max = app.config.max_connections as usize;
-    if max > 0 && app.manager.connected_count() >= max && !app.manager.is_connected(&claims.sub) {
-        return Err(ApiError::ServerFull);
-    }
+    has_room_for(app, &claims.sub)?;
     let account = app
         .accounts
         .find_by_id(&claims.sub)
@@ -117,6 +112,16 @@ pub async fn authenticate(
     Ok(account)
 }
 
+/// Refuses a player this node is full for, before anything costs a database read (a
+/// connection that replaces the player's own always has room).
+pub fn has_room_for(app: &AppState, player: &str) -> Result<(), ApiError> {
+    let max = app.config.max_connections as usize;
+    if max > 0 && app.manager.connected_count() >= max && !app.manager.is_connected(player) {
+        return Err(ApiError::ServerFull);
+    }
+    Ok(())
+}
+
 async fn run_connection(
     app: AppState,
     mut socket: Box<WebSocket>,
@@ -127,11 +132,7 @@ async fn run_connection(
     let attached = match session::attach(&app, &account, Transport::WebSocket, resume).await {
         Ok(attached) => attached,
         Err(error) => {
-            let reason = match error {
-                ManagerError::Full => CloseReason::SERVER_FULL,
-                ManagerError::Busy => CloseReason::BUSY,
-                _ => CloseReason::SHUTDOWN,
-            };
+            let reason = session::refusal(&error);
             let _ =
                 tokio::time::timeout(CLOSE_WRITE_TIMEOUT, socket.send(close_message(reason))).await;
             return;

@@ -135,6 +135,8 @@ impl Drop for NatsServer {
 /// A running natsmud with its own NATS and data directory.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where its telnet listener is (on a port of its own, like `addr`).
+    pub telnet_addr: Option<SocketAddr>,
     pub nats: NatsServer,
     pub data_dir: TempDir,
     pub config: Config,
@@ -173,6 +175,8 @@ impl TestApp {
         config.password_hash_iterations = 1;
         // A dropped connection leaves at once unless a test is about the link-dead grace.
         config.link_dead_grace_secs = 0;
+        // Telnet on a port of its own: tests run many servers at once.
+        config.telnet_bind = natsmud::config::OptionalAddr(Some("127.0.0.1:0".parse().unwrap()));
         // scripts/test runs the gameplay and auth suites a second time on PostgreSQL.
         let postgres =
             (std::env::var("NATSMUD_TEST_DATABASE").as_deref() == Ok("postgres")).then(|| {
@@ -185,6 +189,7 @@ impl TestApp {
         adjust(&mut config);
         let mut app = Self {
             addr: "127.0.0.1:0".parse().unwrap(),
+            telnet_addr: None,
             nats,
             data_dir,
             config,
@@ -205,10 +210,19 @@ impl TestApp {
     async fn start(&mut self) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.addr = listener.local_addr().unwrap();
+        let telnet = match self.config.telnet_bind.0 {
+            Some(address) => Some(tokio::net::TcpListener::bind(address).await.unwrap()),
+            None => None,
+        };
+        self.telnet_addr = telnet.as_ref().map(|l| l.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let config = self.config.clone();
-        self.task = Some(tokio::spawn(natsmud::startup::run(
-            listener,
+        let listeners = natsmud::startup::Listeners {
+            http: listener,
+            telnet,
+        };
+        self.task = Some(tokio::spawn(natsmud::startup::run_on(
+            listeners,
             config,
             async move {
                 let _ = rx.await;
@@ -523,6 +537,8 @@ pub fn spawn_binary(nats_url: &str, data_dir: &Path, extra: &[&str]) -> (KillOnD
     let mut child = Command::new(env!("CARGO_BIN_EXE_natsmud"))
         .args([
             "--bind",
+            "127.0.0.1:0",
+            "--telnet-bind",
             "127.0.0.1:0",
             "--nats-url",
             nats_url,
