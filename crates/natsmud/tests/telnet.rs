@@ -599,3 +599,28 @@ async fn a_dropped_telnet_player_stays_link_dead_and_comes_back_unannounced() {
         "Alice says: back"
     );
 }
+
+/// NATS going away and coming back, as a telnet player lives it: speaking fails with a
+/// line that says why (nothing vanishes); when NATS returns without the event stream (a
+/// single server restarted: its events are gone), the player is told and closed, as a
+/// WebSocket player gets 4008 `events_lost`, and can log in again.
+#[tokio::test]
+async fn a_nats_outage_is_told_to_a_telnet_player() {
+    let mut app = TestApp::spawn().await;
+    app.register("Alice").await;
+    let mut alice = telnet(&app).await;
+    alice.log_in("Alice", "correct horse").await;
+    let port = app.nats.port;
+    app.nats.stop();
+    alice.line("say anyone there?").await;
+    alice
+        .expect_text("The world cannot hear you right now")
+        .await;
+    app.nats = common::NatsServer::start_on(Some(port));
+    let farewell = alice.expect_closed().await;
+    assert!(farewell.contains("events_lost"), "{farewell}");
+    let mut again = telnet(&app).await;
+    again.log_in("Alice", "correct horse").await;
+    again.line("say back again").await;
+    again.expect_text("You say: back again").await;
+}
