@@ -80,7 +80,9 @@ async fn connection(app: AppState, socket: Socket, peer: SocketAddr, stop: Cance
     let login = tokio::select! {
         biased;
         _ = stop.cancelled() => Err(Ended::Stopped),
-        login = tokio::time::timeout(LOGIN_TIMEOUT, login::login(&app, &mut wire, peer)) => {
+        // Boxed: a login's future (password hashing, database) would otherwise stay part
+        // of the connection task's state for as long as the player plays.
+        login = tokio::time::timeout(LOGIN_TIMEOUT, Box::pin(login::login(&app, &mut wire, peer))) => {
             login.unwrap_or(Err(Ended::TimedOut))
         }
     };
