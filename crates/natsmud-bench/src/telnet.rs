@@ -1092,7 +1092,8 @@ pub fn markdown(r: &TelnetResult) -> String {
     }
     out.push_str(&format!(
         "{} players in {} rooms (about {} per room), in every room half on WebSocket and half \
-         on telnet (logged in on the line, `colour off`, no option negotiated). Only the \
+         on telnet (WebSocket: a token from the HTTP login; telnet: name and password on the \
+         line, then `colour off`, no telnet option negotiated). Only the \
          WebSocket players speak: a `say` every {} s each, random phase, {} s of warm-up then \
          {} s measured ({} `say`s). Every other player in the room should receive each one \
          once; latency is the send time carried in the text to the kernel's receive time at \
@@ -1108,7 +1109,7 @@ pub fn markdown(r: &TelnetResult) -> String {
     ));
     out.push_str(
         "| recipients | players in game | receipts | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms \
-         | expected | missing | duplicates | extra | login p50 / max ms |\n",
+         | expected | missing | duplicates | extra | connect → in game p50 / max ms |\n",
     );
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for f in &r.transports {
