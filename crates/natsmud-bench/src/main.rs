@@ -9,6 +9,8 @@
 //! - `report`: docs/benchmarks.md and its plots from scenario results.
 //! - `resume`: reconnecting after a drop — how long a client waits for what it missed,
 //!   one at a time and in a storm of simultaneous resumes (fresh servers, like `scenario`).
+//! - `telnet`: the same `say`s delivered to WebSocket and to telnet players side by side
+//!   (fresh servers, like `scenario`).
 //! - `floor`: the kernel's own cost of a fan-out here (no natsmud involved): the lower
 //!   bound the figures are compared with.
 //! - `worker` (internal): one load-generator process of a run.
@@ -34,6 +36,7 @@ mod report;
 mod resume;
 mod rss_sampler;
 mod scenario;
+mod telnet;
 mod timed;
 mod worker;
 mod workload;
@@ -83,6 +86,9 @@ enum Cmd {
     /// Start nats-server and one natsmud node afresh and measure resuming after a drop:
     /// time to get the missed events back, one client at a time and in a storm.
     Resume(resume::ResumeArgs),
+    /// Start nats-server and one natsmud node afresh and time the same `say`s at
+    /// WebSocket and at telnet recipients, side by side.
+    Telnet(telnet::TelnetArgs),
     /// Measure the kernel's own cost of a fan-out: one frame written to each of N
     /// loopback sockets and read back, with no server in between.
     Floor(floor::FloorArgs),
@@ -234,6 +240,11 @@ async fn run(cli: Cli) -> Result<()> {
             let mut result = resume::ResumeResult::new(&args);
             let outcome = interruptible(resume::run(&args, &mut result)).await;
             resume::finish(result, outcome, &args.out)
+        }
+        Cmd::Telnet(args) => {
+            let mut result = telnet::TelnetResult::new(&args);
+            let outcome = interruptible(telnet::run(&args, &mut result)).await;
+            telnet::finish(result, outcome, &args.out)
         }
         Cmd::Report(args) => report::write(&args),
         // Plain threads and blocking sockets: off the runtime's workers.

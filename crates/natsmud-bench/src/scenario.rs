@@ -186,7 +186,7 @@ impl ScenarioResult {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }
@@ -195,6 +195,7 @@ async fn supported_flags(
     natsmud: &Path,
     wanted: &[(&str, &str)],
     worker_threads: u32,
+    extra: &[String],
 ) -> Result<(Vec<String>, Vec<String>)> {
     let help = Command::new(natsmud)
         .arg("--help")
@@ -219,9 +220,14 @@ async fn supported_flags(
         }
     }
     // Several nodes share the machine: none listens for telnet, whose default port they
-    // would fight over. An older natsmud has no telnet to turn off, and misses nothing.
+    // would fight over. An older natsmud has no telnet to turn off, and misses nothing. A
+    // caller that binds it on a port of its own (`natsmud-bench telnet`) keeps that, as
+    // natsmud refuses a flag given twice.
     let telnet_off = ("--telnet-bind", "0");
-    if listed(telnet_off.0) {
+    let bound_by_caller = extra
+        .iter()
+        .any(|a| a == telnet_off.0 || a.starts_with(&format!("{}=", telnet_off.0)));
+    if listed(telnet_off.0) && !bound_by_caller {
         have.push(format!("{}={}", telnet_off.0, telnet_off.1));
     }
     Ok((have, missing))
@@ -371,7 +377,8 @@ pub async fn start_stack(
     } else {
         0
     });
-    let (flags, missing) = supported_flags(&args.natsmud, wanted, worker_threads).await?;
+    let (flags, missing) =
+        supported_flags(&args.natsmud, wanted, worker_threads, &args.server_args).await?;
     result.server_flags = flags.clone();
     result.server_flags.extend(args.server_args.iter().cloned());
     result.server_flags_missing = missing;

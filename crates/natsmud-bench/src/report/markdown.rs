@@ -225,6 +225,7 @@ pub(super) fn render(
         scenario_section(&mut s, r);
     }
     resume_section(&mut s, &args.plots);
+    telnet_section(&mut s, &args.plots);
     method(&mut s);
     s
 }
@@ -243,6 +244,25 @@ pub(super) fn resume_section(s: &mut String, plots: &std::path::Path) {
             let _ = writeln!(
                 s,
                 "## Resuming after a drop\n\n{} could not be read: {error}\n",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Telnet beside WebSocket (`natsmud-bench telnet`), when `scripts/bench` ran it: in a
+/// folder of its own for the same reason as the resume measurements.
+pub(super) fn telnet_section(s: &mut String, plots: &std::path::Path) {
+    let path = plots.join("telnet").join("telnet.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    match serde_json::from_str::<crate::telnet::TelnetResult>(&text) {
+        Ok(result) => s.push_str(&crate::telnet::markdown(&result)),
+        Err(error) => {
+            let _ = writeln!(
+                s,
+                "## Telnet beside WebSocket\n\n{} could not be read: {error}\n",
                 path.display()
             );
         }
@@ -366,7 +386,7 @@ ephemeral ports, so client sockets are bound to 127.0.0.2, 127.0.0.3, … before
 ## Reproduce\n\
 \n\
 - `scripts/bench` runs everything above and rewrites this page (`--quick` for a smoke run of a \
-few minutes, whose report goes to target/bench-quick/ and leaves this one be; `--only active-20000,idle-10000,resume` \
+few minutes, whose report goes to target/bench-quick/ and leaves this one be; `--only active-20000,idle-10000,resume,telnet` \
 to run some scenarios again here; `--duration`, `--warmup`, \
 `--idle-duration`, `--crowd-duration` for the windows). It takes the open-files limit to its maximum, builds the \
 release binaries and installs the pinned nats-server.\n\

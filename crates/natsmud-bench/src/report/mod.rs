@@ -206,4 +206,23 @@ mod tests {
             "bench"
         );
     }
+
+    #[test]
+    fn the_telnet_section_comes_from_its_own_folder_when_there() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut s = String::new();
+        markdown::telnet_section(&mut s, dir.path());
+        assert!(s.is_empty(), "{s}");
+        let result = crate::telnet::TelnetResult {
+            status: "ok".to_owned(),
+            players: 40,
+            ..crate::telnet::TelnetResult::default()
+        };
+        result
+            .write(&dir.path().join("telnet").join("telnet.json"))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        markdown::telnet_section(&mut s, dir.path());
+        assert!(s.starts_with("## Telnet beside WebSocket"), "{s}");
+        assert!(s.contains("40 players"), "{s}");
+    }
 }
