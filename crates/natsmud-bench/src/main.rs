@@ -35,6 +35,7 @@ mod records;
 mod report;
 mod resume;
 mod rss_sampler;
+mod run_result;
 mod scenario;
 mod telnet;
 mod timed;
@@ -239,12 +240,12 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Resume(args) => {
             let mut result = resume::ResumeResult::new(&args);
             let outcome = interruptible(resume::run(&args, &mut result)).await;
-            resume::finish(result, outcome, &args.out)
+            run_result::finish(result, outcome, &args.out)
         }
         Cmd::Telnet(args) => {
             let mut result = telnet::TelnetResult::new(&args);
             let outcome = interruptible(telnet::run(&args, &mut result)).await;
-            telnet::finish(result, outcome, &args.out)
+            run_result::finish(result, outcome, &args.out)
         }
         Cmd::Report(args) => report::write(&args),
         // Plain threads and blocking sockets: off the runtime's workers.

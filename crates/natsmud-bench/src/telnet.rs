@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -203,29 +203,16 @@ impl TelnetResult {
             ..Self::default()
         }
     }
-
-    pub fn write(&self, path: &Path) -> Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(path, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", path.display()))
-    }
 }
 
-/// Notes how the run ended, writes the results and prints the table.
-pub fn finish(mut result: TelnetResult, outcome: Result<()>, out: &Path) -> Result<()> {
-    match &outcome {
-        Ok(()) => result.status = "ok".to_owned(),
-        Err(e) => {
-            result.status = "failed".to_owned();
-            result.error = Some(format!("{e:#}"));
-        }
+impl crate::run_result::RunResult for TelnetResult {
+    fn outcome_fields(&mut self) -> (&mut String, &mut Option<String>) {
+        (&mut self.status, &mut self.error)
     }
-    result.write(out)?;
-    print!("{}", markdown(&result));
-    eprintln!("bench: results in {}", out.display());
-    outcome
+
+    fn markdown(&self) -> String {
+        markdown(self)
+    }
 }
 
 /// `start_stack` takes a scenario's arguments; parsing them (rather than spelling out the
