@@ -9,6 +9,8 @@ use axum::extract::ws::Utf8Bytes;
 use natsmud_protocol::{ClientMessage, Envelope, PlayerId, PlayerName};
 use serde::Serialize;
 use tokio::sync::mpsc;
+
+use super::mailbox;
 use tokio_util::sync::CancellationToken;
 
 /// One serialised envelope, shared by every recipient (cloning is a reference count).
@@ -42,13 +44,13 @@ impl Queued {
 #[derive(Debug)]
 pub struct Outbound {
     first: std::collections::VecDeque<Queued>,
-    queue: mpsc::Receiver<Queued>,
+    queue: mailbox::Receiver<Queued>,
     /// Live events up to this stream sequence were sent among the missed ones (0: none).
     covered_through: u64,
 }
 
 impl Outbound {
-    pub fn new(queue: mpsc::Receiver<Queued>) -> Self {
+    pub fn new(queue: mailbox::Receiver<Queued>) -> Self {
         Self {
             first: std::collections::VecDeque::new(),
             queue,
@@ -328,8 +330,8 @@ pub(crate) struct Member {
     pub(crate) player: PlayerId,
     pub(crate) name: PlayerName,
     pub(crate) connection: u64,
-    pub(crate) tx: mpsc::Sender<Queued>,
-    pub(crate) commands: mpsc::Sender<ClientMessage>,
+    pub(crate) tx: mailbox::Sender<Queued>,
+    pub(crate) commands: mailbox::Sender<ClientMessage>,
     pub(crate) kick: Arc<Kick>,
     /// Index of the room the member is in, or [`NO_ROOM`]. Written only under the lock of
     /// the room it leaves or enters.
@@ -453,7 +455,7 @@ impl ConnectionHandle {
 
     /// A place in this connection's queue, waited for as [`send_direct`](Self::send_direct)
     /// waits; `None` when the connection is closing and will never make room.
-    pub async fn reserve(&self) -> Option<mpsc::Permit<'_, Queued>> {
+    pub async fn reserve(&self) -> Option<mailbox::Permit<'_, Queued>> {
         match self.member.tx.try_reserve() {
             Ok(permit) => return Some(permit),
             Err(mpsc::error::TrySendError::Closed(())) => return None,

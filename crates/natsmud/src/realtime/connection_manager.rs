@@ -26,6 +26,8 @@ use natsmud_protocol::envelope::splice_sequence;
 use natsmud_protocol::{ClientMessage, PlayerId, PlayerName, RoomId, SubZoneId};
 use tokio::sync::mpsc;
 
+use super::mailbox;
+
 use super::connection::{COMMAND_QUEUE, Member, NO_ROOM};
 pub use super::connection::{
     CloseReason, ConnectionHandle, DIRECT_REPLY_WAIT, Frame, Kick, Queued, Transport,
@@ -40,9 +42,9 @@ const SHARDS: usize = 64;
 #[derive(Debug)]
 pub struct Connected {
     pub handle: ConnectionHandle,
-    pub outbound: mpsc::Receiver<Queued>,
+    pub outbound: mailbox::Receiver<Queued>,
     /// Client messages submitted from outside the socket (`POST /api/command`).
-    pub commands: mpsc::Receiver<ClientMessage>,
+    pub commands: mailbox::Receiver<ClientMessage>,
     /// The room the player is in (for a replacing login, the room it already was in).
     pub room: RoomId,
     /// False when this connection replaced another one of the same player, who therefore
@@ -268,8 +270,8 @@ impl ConnectionManager {
         let wanted = self
             .room_index(room.as_str())
             .ok_or(ManagerError::UnknownRoom)?;
-        let (tx, outbound) = mpsc::channel(self.queue_capacity + identity.queue_headroom);
-        let (command_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let (tx, outbound) = mailbox::mailbox(self.queue_capacity + identity.queue_headroom);
+        let (command_tx, commands) = mailbox::mailbox(COMMAND_QUEUE);
         let connection = identity.connection;
 
         let mut shard = self.shard(player.as_str());
@@ -423,7 +425,7 @@ impl ConnectionManager {
         &self,
         handle: &ConnectionHandle,
         to: &RoomId,
-        permit: mpsc::Permit<'_, Queued>,
+        permit: mailbox::Permit<'_, Queued>,
         gate: Option<super::connection::Gate>,
         update: impl FnOnce(Arrival<'_>) -> bytes::Bytes,
     ) -> Result<RoomId, ManagerError> {

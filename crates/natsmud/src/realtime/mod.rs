@@ -5,6 +5,7 @@ pub mod connection;
 pub mod connection_manager;
 pub mod event_publisher;
 pub mod interest;
+pub mod mailbox;
 pub mod nats_handler;
 pub mod resume;
 pub mod stream;

@@ -8,7 +8,6 @@ use std::time::Duration;
 use natsmud_protocol::envelope::ResumedData;
 use natsmud_protocol::position::splice_position_numbered;
 use natsmud_protocol::{ClientMessage, Envelope, ErrorCode, EventType, ProtocolError, RoomId};
-use tokio::sync::mpsc;
 
 use crate::db::Account;
 use crate::game::{self, Flow, Session};
@@ -20,6 +19,7 @@ use crate::realtime::Wanted;
 use crate::realtime::connection_manager::{
     CloseReason, ConnectionHandle, Identity, ManagerError, Queued, Transport,
 };
+use crate::realtime::mailbox;
 use crate::realtime::resume::{NotRecovered, ResumeFrom, View, read_missed};
 use crate::startup::AppState;
 use crate::telemetry;
@@ -31,7 +31,7 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 pub struct Attached {
     pub conn: ConnectionHandle,
     pub outbound: Outbound,
-    pub commands: mpsc::Receiver<ClientMessage>,
+    pub commands: mailbox::Receiver<ClientMessage>,
     pub limiter: CommandLimiter,
 }
 

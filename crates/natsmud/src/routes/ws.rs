@@ -20,7 +20,6 @@ use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use natsmud_protocol::{ClientMessage, parse_client_message};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
@@ -31,11 +30,12 @@ use crate::error::ApiError;
 use crate::limits::{CommandLimiter, Verdict};
 use crate::realtime::connection::{Gate, Outbound};
 use crate::realtime::connection_manager::{CloseReason, ConnectionHandle, Kick, Queued, Transport};
+use crate::realtime::mailbox;
 use crate::realtime::resume::ResumeFrom;
 use crate::startup::AppState;
 use crate::telemetry;
 
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 256;
 const WRITE_BUFFER: usize = 16 * 1024;
 /// Most bytes the WebSocket layer may hold unwritten. It also queues the pong it owes for
 /// each ping it reads; a peer that sends pings and never reads would otherwise grow this
@@ -195,7 +195,7 @@ async fn run_connection(
 /// Where a WebSocket connection's commands come from, and their allowance.
 struct Inputs<'a> {
     stream: &'a mut SplitStream<Box<WebSocket>>,
-    commands: &'a mut mpsc::Receiver<ClientMessage>,
+    commands: &'a mut mailbox::Receiver<ClientMessage>,
     limiter: &'a mut CommandLimiter,
 }
 
@@ -382,6 +382,10 @@ async fn write_ready(
         sink.feed(Message::Text(frame)).await?;
         delivery_seconds.record(since.elapsed().as_secs_f64());
         written += 1;
+    }
+    if backlog.frames.is_empty() {
+        // An idle connection keeps no buffer between bursts.
+        backlog.frames = std::collections::VecDeque::new();
     }
     sink.flush().await
 }

@@ -21,6 +21,7 @@ use crate::error::ApiError;
 use crate::limits::CommandLimiter;
 use crate::realtime::connection::{Kick, Outbound};
 use crate::realtime::connection_manager::{CloseReason, ConnectionHandle, Queued, Transport};
+use crate::realtime::mailbox;
 use crate::routes::session::{self, Admission, Attached};
 use crate::routes::ws::{GATE_WAIT, has_room_for};
 use crate::startup::AppState;
@@ -154,7 +155,7 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// Reads and runs the player's lines (and commands submitted by `POST /api/command`)
     /// until the connection closes.
-    async fn run(&mut self, commands: &mut mpsc::Receiver<ClientMessage>) {
+    async fn run(&mut self, commands: &mut mailbox::Receiver<ClientMessage>) {
         let kick = self.conn.kick.clone();
         let idle = self.app.config.telnet_idle();
         let closed = kick.closed();
