@@ -6,7 +6,7 @@ use crate::floor::FloorResult;
 use crate::scenario::ScenarioResult;
 
 use super::sections::scenario_section;
-use super::targets::targets;
+use super::targets::{fanout_targets, targets};
 use super::{Faults, ReportArgs, latency, mib, ms, ok, thousands};
 
 /// The kernel's own cost of a fan-out, and what it implies for the fan-out targets.
@@ -105,6 +105,18 @@ pub(super) fn render_floor(floor: &FloorResult, results: &[ScenarioResult]) -> S
             tick.p99_ms,
             bound,
             tick.p99_ms / bound.max(0.001)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nThe fan-out targets (issue 14), each against this run's floor:\n\n\
+         | figure | target | measured | result |\n| --- | --- | --- | --- |"
+    );
+    for t in fanout_targets(results, bound_ms) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            t.figure, t.target, t.measured, t.verdict
         );
     }
     s.push('\n');

@@ -165,3 +165,117 @@ pub(super) fn targets(results: &[ScenarioResult]) -> Vec<Target<'static>> {
     });
     out
 }
+
+/// The fan-out targets of issue 14, which need the kernel's floor measured in the same run
+/// (`floor_ms`: the least a fan-out to that many players can take here): tick p99 within
+/// 1.2× of it at 10k and 20k active and at 100k idle, room events at 10k and 20k, and
+/// memory per idle connection at 100k.
+pub(super) fn fanout_targets(
+    results: &[ScenarioResult],
+    floor_ms: impl Fn(u64) -> f64,
+) -> Vec<Target<'static>> {
+    let standard: Vec<&ScenarioResult> = results
+        .iter()
+        .filter(|r| ok(r) && r.is_standard())
+        .collect();
+    let large_active = || {
+        standard
+            .iter()
+            .filter(|r| r.mode == Mode::Active && r.players >= 10_000)
+    };
+    let large_idle = || {
+        standard
+            .iter()
+            .filter(|r| r.mode == Mode::Idle && r.players >= 100_000)
+    };
+    let ratios: Vec<(&str, f64)> = large_active()
+        .chain(large_idle())
+        .filter_map(|r| {
+            let tick = latency(r, "tick")?;
+            Some((
+                r.name.as_str(),
+                tick.p99_ms / floor_ms(u64::from(r.players)).max(0.001),
+            ))
+        })
+        .collect();
+    let rooms: Vec<(&str, f64)> = large_active()
+        .filter_map(|r| Some((r.name.as_str(), latency(r, "room_event")?.p99_ms)))
+        .collect();
+    let memory: Vec<(&str, f64)> = large_idle()
+        .filter_map(|r| {
+            let m = r.outcome.as_ref()?.idle_memory.as_ref()?;
+            Some((r.name.as_str(), m.rss_per_connection_kib))
+        })
+        .collect();
+    let listed = |figures: &[(&str, f64)], show: &dyn Fn(f64) -> String| {
+        if figures.is_empty() {
+            return "—".to_owned();
+        }
+        figures
+            .iter()
+            .map(|(name, v)| format!("{name} {}", show(*v)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let all_within = |figures: &[(&str, f64)], bound: f64| {
+        (!figures.is_empty()).then(|| figures.iter().all(|(_, v)| *v <= bound))
+    };
+    vec![
+        Target {
+            figure: "tick fan-out p99 against the floor of the same run (10k and 20k active, 100k idle)",
+            target: "≤ 1.2×",
+            measured: listed(&ratios, &|v| format!("{v:.1}×")),
+            verdict: verdict(all_within(&ratios, 1.2)),
+        },
+        Target {
+            figure: "room-event latency p99 at 10k and 20k active (ticks and `global` running)",
+            target: "≤ 20 ms",
+            measured: listed(&rooms, &|v| format!("{} ms", ms(v))),
+            verdict: verdict(all_within(&rooms, 20.0)),
+        },
+        Target {
+            figure: "server RSS per idle connection at 100k idle",
+            target: "≤ 8 KiB",
+            measured: listed(&memory, &|v| format!("{v:.1} KiB")),
+            verdict: verdict(all_within(&memory, 8.0)),
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed(name: &str) -> ScenarioResult {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/bench")
+            .join(format!("{name}.json"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn the_fan_out_targets_name_each_large_scenario_against_the_floor() {
+        let results: Vec<ScenarioResult> = ["active-1000", "active-10000", "active-20000"]
+            .into_iter()
+            .chain(["idle-10000", "idle-100000"])
+            .map(committed)
+            .collect();
+        let strict = fanout_targets(&results, |players| players as f64 * 1e-9);
+        assert_eq!(strict.len(), 3);
+        for t in &strict {
+            assert_eq!(t.verdict, "**miss**", "{}: {}", t.figure, t.measured);
+        }
+        assert!(strict[0].measured.contains("active-10000"));
+        assert!(strict[0].measured.contains("idle-100000"));
+        assert!(!strict[0].measured.contains("active-1000 "));
+        assert!(strict[1].measured.contains("active-20000"));
+        assert!(strict[2].measured.starts_with("idle-100000 "));
+        // A floor as slow as the fan-outs themselves: every ratio within bounds.
+        let lenient = fanout_targets(&results, |players| players as f64 * 1.0);
+        assert_eq!(lenient[0].verdict, "**pass**");
+        for t in fanout_targets(&[], |_| 1.0) {
+            assert_eq!(t.verdict, "not measured");
+        }
+    }
+}
