@@ -237,6 +237,13 @@ async fn telnet(app: &TestApp) -> Telnet {
     Telnet::connect(app.telnet_addr.expect("the harness serves telnet")).await
 }
 
+/// A telnet connection of a registered player, logged in.
+async fn logged_in(app: &TestApp, name: &str) -> Telnet {
+    let mut player = telnet(app).await;
+    player.log_in(name, "correct horse").await;
+    player
+}
+
 #[tokio::test]
 async fn a_player_logs_in_with_the_password_typed_unechoed() {
     let app = TestApp::spawn().await;
@@ -358,8 +365,7 @@ async fn a_telnet_player_and_a_websocket_player_see_each_other() {
     let app = TestApp::spawn().await;
     let mut bob = app.join("Bob").await;
     app.register("Alice").await;
-    let mut alice = telnet(&app).await;
-    alice.log_in("Alice", "correct horse").await;
+    let mut alice = logged_in(&app, "Alice").await;
     let entered = bob.expect(EventType::PlayerEnteredGame).await;
     assert_eq!(entered.data["player_name"], "Alice");
 
@@ -470,8 +476,7 @@ async fn mssp_answers_a_crawler_before_any_login() {
 async fn an_over_long_line_is_refused_with_a_reason_and_closed() {
     let app = TestApp::spawn().await;
     app.register("Alice").await;
-    let mut alice = telnet(&app).await;
-    alice.log_in("Alice", "correct horse").await;
+    let mut alice = logged_in(&app, "Alice").await;
     let limit = app.config.max_frame_bytes as usize;
     alice.send(&vec![b'x'; limit + 100]).await;
     let rest = alice.expect_closed().await;
@@ -546,8 +551,7 @@ async fn a_client_that_never_reads_is_closed_as_a_slow_consumer() {
 async fn shutdown_says_goodbye_to_telnet_players_and_those_logging_in() {
     let mut app = TestApp::spawn().await;
     app.register("Alice").await;
-    let mut alice = telnet(&app).await;
-    alice.log_in("Alice", "correct horse").await;
+    let mut alice = logged_in(&app, "Alice").await;
     let mut newcomer = telnet(&app).await;
     newcomer.expect_text("Name: ").await;
     app.stop().await;
@@ -580,8 +584,7 @@ async fn a_dropped_telnet_player_stays_link_dead_and_comes_back_unannounced() {
     let app = TestApp::spawn_with(|config| config.link_dead_grace_secs = 30).await;
     let mut bob = app.join("Bob").await;
     app.register("Alice").await;
-    let mut alice = telnet(&app).await;
-    alice.log_in("Alice", "correct horse").await;
+    let alice = logged_in(&app, "Alice").await;
     bob.expect(EventType::PlayerEnteredGame).await;
     // The connection drops without `quit`: the room hears nothing, and Alice is still here.
     drop(alice);
@@ -590,8 +593,7 @@ async fn a_dropped_telnet_player_stays_link_dead_and_comes_back_unannounced() {
         bob.reply("who").await.data["result"],
         "Players online (2): Alice (link-dead), Bob"
     );
-    let mut again = telnet(&app).await;
-    again.log_in("Alice", "correct horse").await;
+    let mut again = logged_in(&app, "Alice").await;
     bob.expect_silence().await;
     again.line("say back").await;
     assert_eq!(
@@ -608,8 +610,7 @@ async fn a_dropped_telnet_player_stays_link_dead_and_comes_back_unannounced() {
 async fn a_nats_outage_is_told_to_a_telnet_player() {
     let mut app = TestApp::spawn().await;
     app.register("Alice").await;
-    let mut alice = telnet(&app).await;
-    alice.log_in("Alice", "correct horse").await;
+    let mut alice = logged_in(&app, "Alice").await;
     let port = app.nats.port;
     app.nats.stop();
     alice.line("say anyone there?").await;
@@ -619,8 +620,7 @@ async fn a_nats_outage_is_told_to_a_telnet_player() {
     app.nats = common::NatsServer::start_on(Some(port));
     let farewell = alice.expect_closed().await;
     assert!(farewell.contains("events_lost"), "{farewell}");
-    let mut again = telnet(&app).await;
-    again.log_in("Alice", "correct horse").await;
+    let mut again = logged_in(&app, "Alice").await;
     again.line("say back again").await;
     again.expect_text("You say: back again").await;
 }
