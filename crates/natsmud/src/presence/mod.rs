@@ -216,8 +216,8 @@ impl Presence {
             client,
             settings,
             own: Holder {
-                node,
-                incarnation,
+                node: node.into(),
+                incarnation: incarnation.into(),
                 connection: 0,
             },
             roster: Roster::default(),
@@ -307,8 +307,8 @@ impl Presence {
         PlayerRecord {
             name: name.to_string(),
             room: room.to_string(),
-            node: self.0.own.node.clone(),
-            incarnation: self.0.own.incarnation.clone(),
+            node: self.0.own.node.to_string(),
+            incarnation: self.0.own.incarnation.to_string(),
             connection,
         }
     }
@@ -502,7 +502,7 @@ impl Presence {
             player,
             Seen {
                 name: name.clone(),
-                room: Some(room.to_string()),
+                room: Some(room.as_str().into()),
                 holder: Some(self.holder(connection)),
                 revision,
             },
@@ -622,8 +622,8 @@ impl Presence {
                 && let Ok(name) = PlayerName::parse(&record.name)
             {
                 let holder = Holder {
-                    node: record.node,
-                    incarnation: record.incarnation,
+                    node: record.node.into(),
+                    incarnation: record.incarnation.into(),
                     connection: record.connection,
                 };
                 let ours =
@@ -632,7 +632,7 @@ impl Presence {
                     &player,
                     Seen {
                         name,
-                        room: Some(record.room),
+                        room: Some(record.room.into()),
                         holder: Some(holder.clone()),
                         revision: entry.revision,
                     },
@@ -680,7 +680,7 @@ impl Presence {
         let ttl = self.0.settings.node_ttl;
         let key = node_key(&self.0.own.node);
         let value = to_bytes(&NodeRecord {
-            incarnation: self.0.own.incarnation.clone(),
+            incarnation: self.0.own.incarnation.to_string(),
             started_ms: unix_ms(),
         });
         let mut every = tokio::time::interval((ttl / 3).max(Duration::from_millis(200)));
@@ -810,10 +810,18 @@ impl Presence {
             // releases that failed.
             let now = Instant::now();
             let mut still = std::collections::HashMap::new();
-            for (player, seen) in self.0.roster.held_by(&self.0.own) {
-                if self.0.manager.holds_presence(&player, seen.revision) {
+            for (player, revision) in self.0.roster.held_by(&self.0.own) {
+                if self.0.manager.holds_presence(&player, revision) {
                     continue;
                 }
+                let Some(seen) = self
+                    .0
+                    .roster
+                    .get(&player)
+                    .filter(|seen| seen.revision == revision)
+                else {
+                    continue;
+                };
                 let since = unheld
                     .get(&player)
                     .filter(|(revision, _)| *revision == seen.revision)

@@ -7,17 +7,23 @@
 //! Every change carries a bucket revision and is applied only if it is newer than what the
 //! roster holds for that player, so the watch and the events may arrive in any order.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use hashbrown::HashTable;
 use natsmud_protocol::{PlayerId, PlayerName};
+use slab::Slab;
 
-/// Which node (and which run of it) holds a player's connection.
+/// Which node (and which run of it) holds a player's connection. Every node keeps the
+/// whole world's roster: the node and incarnation strings are shared by all the players a
+/// node holds rather than copied into each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
-    pub node: String,
-    pub incarnation: String,
+    pub node: Arc<str>,
+    pub incarnation: Arc<str>,
     pub connection: u64,
 }
 
@@ -25,8 +31,9 @@ pub struct Holder {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
     pub name: PlayerName,
-    /// `None` between leaving a room and arriving in the next.
-    pub room: Option<String>,
+    /// `None` between leaving a room and arriving in the next. Shared with the room's
+    /// other occupants once in the roster.
+    pub room: Option<Arc<str>>,
     /// `None` when only an event has told of the player so far.
     pub holder: Option<Holder>,
     pub revision: u64,
@@ -48,12 +55,27 @@ pub struct NodeSeen {
     pub revision: u64,
 }
 
+#[derive(Debug)]
+struct Listed {
+    id: PlayerId,
+    seen: Seen,
+}
+
+/// Every node holds an entry for every player of the world, so an entry is kept once (in
+/// `listed`) and the indexes hold its slot, not copies of its strings: about 0.2 KB a
+/// player where three maps of owned strings took 0.7 (docs/performance.md).
 #[derive(Debug, Default)]
 struct State {
-    players: HashMap<PlayerId, Seen>,
-    /// Room → folded name → name: each room's occupants, in the order they are listed.
-    rooms: HashMap<String, BTreeMap<String, PlayerName>>,
-    names: HashMap<String, PlayerId>,
+    listed: Slab<Listed>,
+    /// Slots by player id.
+    by_id: HashTable<usize>,
+    /// Slots by name, case-insensitively.
+    by_name: HashTable<usize>,
+    /// Room → its occupants' slots, in no order (sorted by name when listed).
+    rooms: HashMap<Arc<str>, Vec<usize>>,
+    /// Node ids and incarnations, one copy each.
+    strings: HashSet<Arc<str>>,
+    hasher: RandomState,
     nodes: HashMap<String, NodeSeen>,
     /// Revisions of players removed (and when), so that an older write arriving later
     /// cannot bring them back; forgotten after a while ([`Roster::forget_departures`]).
@@ -62,37 +84,107 @@ struct State {
     current: bool,
 }
 
-impl State {
-    fn place(&mut self, player: &PlayerId, seen: Seen) {
-        self.unplace(player);
-        if let Some(room) = &seen.room {
-            self.rooms
-                .entry(room.clone())
-                .or_default()
-                .insert(seen.name.folded(), seen.name.clone());
+fn name_hash(hasher: &RandomState, name: &str) -> u64 {
+    let mut hash = hasher.build_hasher();
+    for byte in name.bytes() {
+        hash.write_u8(byte.to_ascii_lowercase());
+    }
+    hash.finish()
+}
+
+fn cmp_folded(a: &str, b: &str) -> Ordering {
+    a.bytes()
+        .map(|c| c.to_ascii_lowercase())
+        .cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
+}
+
+fn intern(strings: &mut HashSet<Arc<str>>, value: &Arc<str>) -> Arc<str> {
+    match strings.get(&**value) {
+        Some(held) => held.clone(),
+        None => {
+            strings.insert(value.clone());
+            value.clone()
         }
-        self.names.insert(seen.name.folded(), player.clone());
-        self.players.insert(player.clone(), seen);
+    }
+}
+
+impl State {
+    fn slot(&self, player: &PlayerId) -> Option<usize> {
+        let hash = self.hasher.hash_one(player.as_str());
+        self.by_id
+            .find(hash, |&slot| self.listed[slot].id == *player)
+            .copied()
     }
 
-    fn unplace(&mut self, player: &PlayerId) -> Option<Seen> {
-        let seen = self.players.remove(player)?;
-        if let Some(room) = &seen.room
-            && let Some(occupants) = self.rooms.get_mut(room)
+    fn seen(&self, player: &PlayerId) -> Option<&Seen> {
+        self.slot(player).map(|slot| &self.listed[slot].seen)
+    }
+
+    fn place(&mut self, player: &PlayerId, mut seen: Seen) {
+        let id = match self.unplace(player) {
+            Some((id, _)) => id,
+            None => player.clone(),
+        };
+        if let Some(holder) = &mut seen.holder {
+            holder.node = intern(&mut self.strings, &holder.node);
+            holder.incarnation = intern(&mut self.strings, &holder.incarnation);
+        }
+        if let Some(room) = &mut seen.room
+            && let Some((shared, _)) = self.rooms.get_key_value(&**room)
         {
-            occupants.remove(&seen.name.folded());
+            *room = shared.clone();
+        }
+        let room = seen.room.clone();
+        let name_hash = name_hash(&self.hasher, seen.name.as_str());
+        let id_hash = self.hasher.hash_one(id.as_str());
+        let slot = self.listed.insert(Listed { id, seen });
+        if let Some(room) = room {
+            self.rooms.entry(room).or_default().push(slot);
+        }
+        let (listed, hasher) = (&self.listed, &self.hasher);
+        let name = listed[slot].seen.name.as_str();
+        // Names are unique: an entry still listed under this one (a stale id) gives way.
+        if let Ok(stale) = self.by_name.find_entry(name_hash, |&other| {
+            listed[other].seen.name.as_str().eq_ignore_ascii_case(name)
+        }) {
+            stale.remove();
+        }
+        self.by_name.insert_unique(name_hash, slot, |&other| {
+            self::name_hash(hasher, listed[other].seen.name.as_str())
+        });
+        self.by_id.insert_unique(id_hash, slot, |&other| {
+            hasher.hash_one(listed[other].id.as_str())
+        });
+    }
+
+    fn unplace(&mut self, player: &PlayerId) -> Option<(PlayerId, Seen)> {
+        let hash = self.hasher.hash_one(player.as_str());
+        let listed = &self.listed;
+        let (slot, _) = self
+            .by_id
+            .find_entry(hash, |&slot| listed[slot].id == *player)
+            .ok()?
+            .remove();
+        let Listed { id, seen } = self.listed.remove(slot);
+        if let Some(room) = &seen.room
+            && let Some(occupants) = self.rooms.get_mut(&**room)
+        {
+            if let Some(at) = occupants.iter().position(|&other| other == slot) {
+                occupants.swap_remove(at);
+            }
             if occupants.is_empty() {
-                self.rooms.remove(room);
+                self.rooms.remove(&**room);
             }
         }
-        if self.names.get(&seen.name.folded()) == Some(player) {
-            self.names.remove(&seen.name.folded());
+        let name_hash = name_hash(&self.hasher, seen.name.as_str());
+        if let Ok(named) = self.by_name.find_entry(name_hash, |&other| other == slot) {
+            named.remove();
         }
-        Some(seen)
+        Some((id, seen))
     }
 
     fn newest(&self, player: &PlayerId) -> u64 {
-        let held = self.players.get(player).map_or(0, |seen| seen.revision);
+        let held = self.seen(player).map_or(0, |seen| seen.revision);
         held.max(self.gone.get(player).map_or(0, |(revision, _)| *revision))
     }
 }
@@ -116,7 +208,7 @@ impl State {
         {
             return false;
         }
-        if let Some(held) = self.players.get(player) {
+        if let Some(held) = self.seen(player) {
             if seen.revision < held.revision {
                 return false;
             }
@@ -139,7 +231,7 @@ impl State {
         }
         // An event names no holder; keep the one the watch told of.
         if seen.holder.is_none() {
-            seen.holder = self.players.get(player).and_then(|s| s.holder.clone());
+            seen.holder = self.seen(player).and_then(|s| s.holder.clone());
         }
         self.gone.remove(player);
         self.place(player, seen);
@@ -150,7 +242,7 @@ impl State {
         if revision <= self.newest(player) {
             return;
         }
-        let Some(seen) = self.players.get(player).cloned() else {
+        let Some(seen) = self.seen(player).cloned() else {
             return;
         };
         if seen.room.as_deref() != Some(room) {
@@ -167,7 +259,7 @@ impl State {
     }
 
     fn remove(&mut self, player: &PlayerId, revision: u64) {
-        let held = self.players.get(player).map_or(0, |seen| seen.revision);
+        let held = self.seen(player).map_or(0, |seen| seen.revision);
         if held > revision {
             return;
         }
@@ -180,7 +272,7 @@ impl State {
     }
 
     fn put_provisional(&mut self, player: &PlayerId, seen: &Seen) {
-        if !self.players.contains_key(player) {
+        if self.slot(player).is_none() {
             self.place(
                 player,
                 Seen {
@@ -260,6 +352,8 @@ impl Roster {
             state
                 .gone
                 .retain(|_, (_, when)| now.duration_since(*when) < age);
+            // Node ids and incarnations no player refers to any more.
+            state.strings.retain(|value| Arc::strong_count(value) > 1);
         });
     }
 
@@ -310,26 +404,26 @@ impl Roster {
     }
 
     pub fn get(&self, player: &PlayerId) -> Option<Seen> {
-        self.read().players.get(player).cloned()
+        self.read().seen(player).cloned()
     }
 
     /// Players held by a node that is not alive (other than `own`), with their entries.
     pub fn orphans(&self, own: &Holder) -> Vec<(PlayerId, Seen)> {
         let state = self.read();
         state
-            .players
+            .listed
             .iter()
-            .filter(|(_, seen)| {
-                seen.holder.as_ref().is_some_and(|holder| {
+            .filter(|(_, listed)| {
+                listed.seen.holder.as_ref().is_some_and(|holder| {
                     let ours = holder.node == own.node && holder.incarnation == own.incarnation;
                     let alive = state
                         .nodes
-                        .get(&holder.node)
-                        .is_some_and(|node| node.incarnation == holder.incarnation);
+                        .get(&*holder.node)
+                        .is_some_and(|node| *node.incarnation == *holder.incarnation);
                     !ours && !alive
                 })
             })
-            .map(|(id, seen)| (id.clone(), seen.clone()))
+            .map(|(_, listed)| (listed.id.clone(), listed.seen.clone()))
             .collect()
     }
 
@@ -339,39 +433,46 @@ impl Roster {
         self.change(|state| state.put_provisional(player, &seen));
     }
 
-    /// Players held by this node's run `own` (any connection), with their entries.
-    pub fn held_by(&self, own: &Holder) -> Vec<(PlayerId, Seen)> {
+    /// Players held by this node's run `own` (any connection), with the revision of each
+    /// one's entry: ids only, as the sweep looks at all of them and needs the entry of
+    /// few ([`Roster::get`]).
+    pub fn held_by(&self, own: &Holder) -> Vec<(PlayerId, u64)> {
         self.read()
-            .players
+            .listed
             .iter()
-            .filter(|(_, seen)| {
-                seen.revision > 0
-                    && seen.holder.as_ref().is_some_and(|holder| {
+            .filter(|(_, listed)| {
+                listed.seen.revision > 0
+                    && listed.seen.holder.as_ref().is_some_and(|holder| {
                         holder.node == own.node && holder.incarnation == own.incarnation
                     })
             })
-            .map(|(id, seen)| (id.clone(), seen.clone()))
+            .map(|(_, listed)| (listed.id.clone(), listed.seen.revision))
             .collect()
     }
 
     /// Names of the players in `room`, sorted.
     pub fn occupants(&self, room: &str) -> Vec<String> {
-        self.read()
-            .rooms
-            .get(room)
-            .map(|occupants| occupants.values().map(ToString::to_string).collect())
-            .unwrap_or_default()
+        let state = self.read();
+        let Some(occupants) = state.rooms.get(room) else {
+            return Vec::new();
+        };
+        let mut names: Vec<&str> = occupants
+            .iter()
+            .map(|&slot| state.listed[slot].seen.name.as_str())
+            .collect();
+        names.sort_unstable_by(|a, b| cmp_folded(a, b));
+        names.into_iter().map(str::to_owned).collect()
     }
 
     /// Every player's name, sorted.
     pub fn names(&self) -> Vec<String> {
         let state = self.read();
-        let mut names: Vec<(&PlayerName, bool)> = state
-            .players
-            .values()
-            .map(|s| (&s.name, s.is_link_dead()))
+        let mut names: Vec<(&str, bool)> = state
+            .listed
+            .iter()
+            .map(|(_, listed)| (listed.seen.name.as_str(), listed.seen.is_link_dead()))
             .collect();
-        names.sort_unstable_by_key(|(name, _)| name.folded());
+        names.sort_unstable_by(|(a, _), (b, _)| cmp_folded(a, b));
         names
             .into_iter()
             .map(|(name, link_dead)| {
@@ -379,22 +480,29 @@ impl Roster {
                     // Its connection dropped; it is still in the world for the grace period.
                     format!("{name} (link-dead)")
                 } else {
-                    name.to_string()
+                    name.to_owned()
                 }
             })
             .collect()
     }
 
     pub fn count(&self) -> usize {
-        self.read().players.len()
+        self.read().listed.len()
     }
 
     /// A player by name, case-insensitively.
     pub fn find_by_name(&self, name: &str) -> Option<(PlayerId, PlayerName)> {
         let state = self.read();
-        let id = state.names.get(&name.to_ascii_lowercase())?;
-        let seen = state.players.get(id)?;
-        Some((id.clone(), seen.name.clone()))
+        let hash = name_hash(&state.hasher, name);
+        let &slot = state.by_name.find(hash, |&slot| {
+            state.listed[slot]
+                .seen
+                .name
+                .as_str()
+                .eq_ignore_ascii_case(name)
+        })?;
+        let listed = &state.listed[slot];
+        Some((listed.id.clone(), listed.seen.name.clone()))
     }
 }
 
@@ -409,7 +517,7 @@ mod tests {
     fn seen(name: &str, room: &str, revision: u64) -> Seen {
         Seen {
             name: PlayerName::parse(name).unwrap_or_else(|e| panic!("{e}")),
-            room: Some(room.to_owned()),
+            room: Some(room.into()),
             holder: None,
             revision,
         }
@@ -559,5 +667,83 @@ mod tests {
         assert_eq!(orphans, vec!["p3", "p4"]);
         roster.node_gone("b");
         assert_eq!(roster.orphans(&own).len(), 3);
+    }
+
+    fn held(name: &str, room: &str, node: &str, revision: u64) -> Seen {
+        Seen {
+            holder: Some(Holder {
+                node: node.into(),
+                incarnation: format!("{node}-run").into(),
+                connection: revision,
+            }),
+            ..seen(name, room, revision)
+        }
+    }
+
+    /// Every node keeps the whole world: a node's id, its incarnation and a room's id are
+    /// kept once however many players refer to them, and let go with the last of them.
+    #[test]
+    fn players_share_their_node_and_room_strings() {
+        let roster = Roster::default();
+        roster.put(&id("a"), held("Alice", "pier", "n1", 1));
+        roster.put(&id("b"), held("Bob", "pier", "n1", 2));
+        let shared = |player: &str| {
+            let seen = roster
+                .get(&id(player))
+                .unwrap_or_else(|| panic!("{player}"));
+            let holder = seen.holder.unwrap_or_else(|| panic!("holder"));
+            (
+                seen.room.unwrap_or_else(|| panic!("room")),
+                holder.node,
+                holder.incarnation,
+            )
+        };
+        let (room_a, node_a, run_a) = shared("a");
+        let (room_b, node_b, run_b) = shared("b");
+        assert!(Arc::ptr_eq(&room_a, &room_b));
+        assert!(Arc::ptr_eq(&node_a, &node_b));
+        assert!(Arc::ptr_eq(&run_a, &run_b));
+        drop((room_a, node_a, run_a, room_b, node_b, run_b));
+
+        roster.remove(&id("a"), 3);
+        roster.remove(&id("b"), 4);
+        roster.forget_departures(Duration::ZERO);
+        let state = roster.read();
+        assert!(state.strings.is_empty(), "{:?}", state.strings);
+        assert!(state.rooms.is_empty());
+        assert_eq!(
+            state.by_id.len() + state.by_name.len() + state.listed.len(),
+            0
+        );
+    }
+
+    #[test]
+    fn names_are_found_and_listed_case_insensitively() {
+        let roster = Roster::default();
+        roster.put(&id("z"), seen("zed", "r", 1));
+        roster.put(&id("a"), seen("Amy", "r", 2));
+        roster.put(&id("m"), seen("MAX", "r", 3));
+        roster.put(&id("o"), seen("Other", "elsewhere", 4));
+        assert_eq!(roster.occupants("r"), vec!["Amy", "MAX", "zed"]);
+        assert_eq!(roster.names(), vec!["Amy", "MAX", "Other", "zed"]);
+        assert_eq!(roster.find_by_name("max").map(|(p, _)| p), Some(id("m")));
+        assert_eq!(roster.find_by_name("Ma"), None);
+
+        // A stale entry under the same name (another id) gives way to the newest; its
+        // removal later does not take the name from the new one.
+        roster.put(&id("m2"), seen("Max", "r", 5));
+        assert_eq!(roster.find_by_name("MAX").map(|(p, _)| p), Some(id("m2")));
+        roster.remove(&id("m"), 6);
+        assert_eq!(
+            roster.find_by_name("max").map(|(p, n)| (p, n.to_string())),
+            Some((id("m2"), "Max".to_owned()))
+        );
+        // Moving keeps the player findable and listed in one room only.
+        roster.left_room(&id("m2"), "r", 7);
+        assert!(roster.put(&id("m2"), seen("Max", "elsewhere", 7)));
+        assert_eq!(roster.occupants("r"), vec!["Amy", "zed"]);
+        assert_eq!(roster.occupants("elsewhere"), vec!["Max", "Other"]);
+        assert_eq!(roster.find_by_name("max").map(|(p, _)| p), Some(id("m2")));
+        assert_eq!(roster.count(), 4);
     }
 }

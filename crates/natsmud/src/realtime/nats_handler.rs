@@ -558,7 +558,7 @@ impl NatsMessageHandler {
                     &player,
                     crate::presence::roster::Seen {
                         name,
-                        room: Some(room.to_owned()),
+                        room: Some(room.into()),
                         holder: None,
                         revision,
                     },

@@ -107,10 +107,10 @@ async fn attach_now(
                 &account.id,
                 Seen {
                     name: account.name.clone(),
-                    room: Some(stored_room.to_string()),
+                    room: Some(stored_room.as_str().into()),
                     holder: Some(Holder {
-                        node: app.node_id.clone(),
-                        incarnation: String::new(),
+                        node: app.node_id.as_str().into(),
+                        incarnation: "".into(),
                         connection,
                     }),
                     revision: 0,

@@ -129,15 +129,33 @@ async fn run_connection(
     resume: Option<ResumeFrom>,
 ) {
     let _alive = app.connections.token();
-    let attached = match session::attach(&app, &account, Transport::WebSocket, resume).await {
+    // Boxed, and bound before it is awaited: a future awaited in place (or a temporary
+    // of the statement that awaits it) makes the connection's task as large as its
+    // largest step for as long as the connection lives, and every idle player keeps
+    // that task (docs/performance.md).
+    let attaching = Box::pin(session::attach(
+        &app,
+        &account,
+        Transport::WebSocket,
+        resume,
+    ));
+    let attached = match attaching.await {
         Ok(attached) => attached,
         Err(error) => {
             let reason = session::refusal(&error);
-            let _ =
-                tokio::time::timeout(CLOSE_WRITE_TIMEOUT, socket.send(close_message(reason))).await;
+            let refusing = Box::pin(tokio::time::timeout(
+                CLOSE_WRITE_TIMEOUT,
+                socket.send(close_message(reason)),
+            ));
+            let _ = refusing.await;
             return;
         }
     };
+    serve(&app, socket, attached).await;
+}
+
+/// A connection once attached: its reader here, its writer in a task of its own.
+async fn serve(app: &AppState, socket: Box<WebSocket>, attached: Attached) {
     let Attached {
         conn,
         outbound,
@@ -161,17 +179,26 @@ async fn run_connection(
         })
         .in_current_span(),
     ));
-
     let inputs = Inputs {
         stream: &mut stream,
         commands: &mut commands,
         limiter: &mut limiter,
     };
-    read_loop(&app, &conn, inputs, &last_seen, started).await;
+    read_loop(app, &conn, inputs, &last_seen, started).await;
     reader_done.cancel();
+    Box::pin(close(app, &conn, stream, writer)).await;
+}
+
+/// Once the reader is done: the player out of the world, the writer's last frames out.
+async fn close(
+    app: &AppState,
+    conn: &ConnectionHandle,
+    mut stream: SplitStream<Box<WebSocket>>,
+    writer: AbortOnDropHandle<()>,
+) {
     // Out of the room at once: the writer may spend a while on a peer that reads slowly,
     // and nobody should see a player who is already gone.
-    session::detach(&app, &conn).await;
+    session::detach(app, conn).await;
     // Keep reading (and discarding) until the peer answers our close frame: closing a
     // socket with unread input makes the kernel reset it, and the peer's kernel may then
     // throw away our close frame before the peer reads it.
@@ -435,7 +462,7 @@ async fn write_loop(writer: Writer) {
                     Some(queued) => backlog.push(queued, &kick),
                     None => false,
                 },
-                () = tokio::time::sleep(GATE_WAIT) => {
+                () = Box::pin(tokio::time::sleep(GATE_WAIT)) => {
                     tracing::warn!("a frame waited {GATE_WAIT:?} for its move to be stored; sending it anyway");
                     gate.open();
                     true
@@ -466,7 +493,7 @@ async fn write_loop(writer: Writer) {
                     let wrote = tokio::select! {
                         biased;
                         _ = &mut abandoned => Wrote::Closed,
-                        sent = tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))) => settle(sent, &kick),
+                        sent = Box::pin(tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new())))) => settle(sent, &kick),
                     };
                     match finish(wrote, &kick) {
                         Next::Go => {}
@@ -482,7 +509,9 @@ async fn write_loop(writer: Writer) {
         let wrote = tokio::select! {
             biased;
             _ = &mut abandoned => Wrote::Closed,
-            sent = tokio::time::timeout(write_timeout, write_ready(&mut sink, &mut outbound, &mut backlog, &kick, &delivery_seconds)) => settle(sent, &kick),
+            // Boxed: held only while writing, it would otherwise make every idle writer
+            // task as large as a write.
+            sent = Box::pin(tokio::time::timeout(write_timeout, write_ready(&mut sink, &mut outbound, &mut backlog, &kick, &delivery_seconds))) => settle(sent, &kick),
         };
         match finish(wrote, &kick) {
             Next::Go => {}
@@ -490,34 +519,46 @@ async fn write_loop(writer: Writer) {
             Next::Stop => return,
         }
     }
-    let reason = kick.reason();
-    let farewell = async {
-        if reason.drain {
-            // Every command the reader accepted is answered before the close frame.
-            loop {
-                tokio::select! {
-                    biased;
-                    queued = outbound.recv() => match queued {
-                        Some(queued) => backlog.frames.push_back(queued),
-                        None => break,
-                    },
-                    _ = reader_done.cancelled() => break,
-                }
-            }
-            while let Ok(queued) = outbound.try_recv() {
-                backlog.frames.push_back(queued);
-            }
-            while let Some(queued) = backlog.frames.pop_front() {
-                if let Some(gate) = &queued.gate {
-                    gate.opened().await;
-                }
-                sink.feed(Message::Text(queued.frame)).await?;
+    let farewell = Box::pin(tokio::time::timeout(
+        CLOSE_WRITE_TIMEOUT,
+        farewell(sink, outbound, backlog, reader_done, kick.reason()),
+    ));
+    let _ = farewell.await;
+}
+
+/// The writer's last frames: what the connection still owes if its close drains, then the
+/// close frame.
+async fn farewell(
+    mut sink: SplitSink<Box<WebSocket>, Message>,
+    mut outbound: Outbound,
+    mut backlog: Backlog,
+    reader_done: CancellationToken,
+    reason: CloseReason,
+) -> Result<(), axum::Error> {
+    if reason.drain {
+        // Every command the reader accepted is answered before the close frame.
+        loop {
+            tokio::select! {
+                biased;
+                queued = outbound.recv() => match queued {
+                    Some(queued) => backlog.frames.push_back(queued),
+                    None => break,
+                },
+                _ = reader_done.cancelled() => break,
             }
         }
-        sink.send(close_message(reason)).await?;
-        sink.close().await
-    };
-    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, farewell).await;
+        while let Ok(queued) = outbound.try_recv() {
+            backlog.frames.push_back(queued);
+        }
+        while let Some(queued) = backlog.frames.pop_front() {
+            if let Some(gate) = &queued.gate {
+                gate.opened().await;
+            }
+            sink.feed(Message::Text(queued.frame)).await?;
+        }
+    }
+    sink.send(close_message(reason)).await?;
+    sink.close().await
 }
 
 /// A write's result, with a deadline passed counted as a slow consumer.
