@@ -62,8 +62,8 @@ struct Listed {
 }
 
 /// Every node holds an entry for every player of the world, so an entry is kept once (in
-/// `listed`) and the indexes hold its slot, not copies of its strings: about 0.2 KB a
-/// player where three maps of owned strings took 0.7 (docs/performance.md).
+/// `listed`) and the indexes hold its slot, not copies of its strings: 0.56 KB a player
+/// less than three maps of owned strings took (docs/performance.md).
 #[derive(Debug, Default)]
 struct State {
     listed: Slab<Listed>,

@@ -129,10 +129,9 @@ async fn run_connection(
     resume: Option<ResumeFrom>,
 ) {
     let _alive = app.connections.token();
-    // Boxed, and bound before it is awaited: a future awaited in place (or a temporary
-    // of the statement that awaits it) makes the connection's task as large as its
-    // largest step for as long as the connection lives, and every idle player keeps
-    // that task (docs/performance.md).
+    // Boxed, here and in `serve`: a step awaited in place makes the connection's task as
+    // large as its largest step for as long as the connection lives, and every idle
+    // player keeps that task (docs/performance.md).
     let attaching = Box::pin(session::attach(
         &app,
         &account,
