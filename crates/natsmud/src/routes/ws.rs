@@ -188,6 +188,14 @@ enum Ended {
     Broken,
 }
 
+fn ended(broken: bool) -> Ended {
+    if broken {
+        Ended::Broken
+    } else {
+        Ended::Closing
+    }
+}
+
 /// A command being run, holding the player's allowance until it is done.
 type Running<'a> = Pin<Box<dyn Future<Output = CommandLimiter> + Send + 'a>>;
 
@@ -252,14 +260,14 @@ async fn play(
             () = &mut closed, if !closing => {
                 closing = true;
                 if running.is_none() {
-                    return Ended::Closing;
+                    return ended(broken);
                 }
             }
             done = OptionFuture::from(running.as_mut()), if running.is_some() => {
                 running = None;
                 limiter = done;
                 if closing {
-                    return if broken { Ended::Broken } else { Ended::Closing };
+                    return ended(broken);
                 }
             }
             _ = OptionFuture::from(stall_deadline.as_mut()), if stall_deadline.is_some() => {
@@ -340,14 +348,13 @@ async fn play(
                     }
                 }
             },
-            submitted = commands.recv(), if reading && commands_open => match (submitted, limiter.take()) {
-                (Some(message), Some(allowance)) => {
-                    running = Some(run_command(app, conn, allowance, Admission::Admitted, Ok(message)));
+            submitted = commands.recv(), if reading && commands_open => match submitted {
+                Some(message) => {
+                    if let Some(allowance) = limiter.take() {
+                        running = Some(run_command(app, conn, allowance, Admission::Admitted, Ok(message)));
+                    }
                 }
-                (_, allowance) => {
-                    commands_open = false;
-                    limiter = allowance;
-                }
+                None => commands_open = false,
             },
             _ = ping.tick(), if !closing => {
                 if last_seen.elapsed() > 2 * ping_every {
