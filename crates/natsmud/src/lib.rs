@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  socket ─► routes::ws (parse: natsmud_protocol) ─► game::Session ─► realtime::EventPublisher ─► NATS
-//!  NATS ─► realtime::nats_handler (route, number) ─► realtime::ConnectionManager ─► connection task ─► socket
+//!  NATS ─► realtime::nats_handler (route, number) ─► realtime::ConnectionManager ─► writer task ─► socket
 //! ```
 //!
 //! - [`config`]: settings from a TOML file, `NATSMUD_…` variables and flags.

@@ -72,21 +72,13 @@ impl Outbound {
     }
 
     pub async fn recv(&mut self) -> Option<Queued> {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
-    }
-
-    /// [`Outbound::recv`] for a task that waits on more than its queue in one poll.
-    pub fn poll_recv(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Queued>> {
         if let Some(queued) = self.first.pop_front() {
-            return std::task::Poll::Ready(Some(queued));
+            return Some(queued);
         }
         loop {
-            match self.queue.poll_recv(cx) {
-                std::task::Poll::Ready(Some(queued)) if !self.fresh(&queued) => {}
-                other => return other,
+            let queued = self.queue.recv().await?;
+            if self.fresh(&queued) {
+                return Some(queued);
             }
         }
     }
@@ -133,11 +125,6 @@ impl Gate {
     pub fn open(&self) {
         self.0.open.store(true, Ordering::Release);
         self.0.opened.notify_waiters();
-    }
-
-    /// Whether both are the same gate (not merely both open or both closed).
-    pub fn is_same(&self, other: &Gate) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
     }
 
     pub fn is_open(&self) -> bool {

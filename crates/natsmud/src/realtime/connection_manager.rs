@@ -1,8 +1,7 @@
 //! The one source of truth for who is connected to this node and which room each player is
 //! in, and the fan-out of frames to their sockets.
 //!
-//! Each connection has a bounded outbound queue, drained by the task that writes its socket
-//! (the WebSocket connection's own task; a telnet connection's writer). Delivery never
+//! Each connection has a bounded outbound queue drained by one writer task. Delivery never
 //! waits: a full queue closes that connection as a slow consumer (4008) and delivery to
 //! everyone else goes on.
 //!

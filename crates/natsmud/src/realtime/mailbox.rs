@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Poll, Waker};
 
 use tokio::sync::Notify;
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
@@ -249,27 +249,23 @@ impl<T> Receiver<T> {
 
     /// The next item; `None` once every sender is gone and the queue is empty.
     pub async fn recv(&mut self) -> Option<T> {
-        poll_fn(|cx| self.poll_recv(cx)).await
-    }
-
-    /// [`Receiver::recv`] for a task that waits on more than its queue in one poll.
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        let (item, was_full) = {
+        let (item, was_full) = poll_fn(|cx| {
             let mut state = self.shared.lock();
-            match self.take(&mut state) {
-                Some(taken) => taken,
-                None if state.senders == 0 => return Poll::Ready(None),
-                None => {
-                    match &mut state.waiting {
-                        Some(waker) if waker.will_wake(cx.waker()) => {}
-                        waiting => *waiting = Some(cx.waker().clone()),
-                    }
-                    return Poll::Pending;
-                }
+            if let Some(taken) = self.take(&mut state) {
+                return Poll::Ready(Some(taken));
             }
-        };
+            if state.senders == 0 {
+                return Poll::Ready(None);
+            }
+            match &mut state.waiting {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                waiting => *waiting = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await?;
         self.made_room(was_full);
-        Poll::Ready(Some(item))
+        Some(item)
     }
 }
 

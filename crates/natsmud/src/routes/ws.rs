@@ -1,15 +1,15 @@
 //! `GET /api/ws?token=…`: one player's WebSocket.
 //!
-//! One task per connection: it reads, runs the player's commands in order (with any
-//! submitted by `POST /api/command`), and writes the connection's bounded queue to the
-//! socket as frames arrive. Whatever ends the connection (the peer, a kick, shutdown),
-//! [`session::detach`] removes the player and publishes `player_left_game`, then the
-//! connection writes what it owes and its close frame: every write has a deadline.
+//! Two tasks per connection: this one reads and runs the player's commands in order (with
+//! any submitted by `POST /api/command`); a writer task owns the socket's sending half and
+//! drains the connection's bounded queue. Whatever ends the connection (the peer, a kick,
+//! shutdown), [`session::detach`] removes the player and publishes `player_left_game`, and
+//! the writer ends with it: every write has a deadline, and the writer is aborted if it
+//! outlives its connection.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -17,9 +17,11 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::future::OptionFuture;
-use futures::{Sink, SinkExt, Stream};
-use natsmud_protocol::{ClientMessage, ProtocolError, parse_client_message};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use natsmud_protocol::{ClientMessage, parse_client_message};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use super::session::{self, Admission, Attached};
@@ -151,250 +153,140 @@ async fn run_connection(
     serve(&app, socket, attached).await;
 }
 
-/// A connection once attached. One task does everything: it reads the socket, runs the
-/// player's commands one at a time (reading no further while one runs, so they keep
-/// their order), and writes the connection's queue — so an idle player keeps one task.
+/// A connection once attached: its reader here, its writer in a task of its own.
 async fn serve(app: &AppState, socket: Box<WebSocket>, attached: Attached) {
     let Attached {
         conn,
         outbound,
         mut commands,
-        limiter,
+        mut limiter,
     } = attached;
-    let mut link = Link {
-        socket,
-        outbound,
-        backlog: Backlog {
-            frames: std::collections::VecDeque::new(),
-        },
-        kick: conn.kick.clone(),
-        // Looked up once: the registry lookup behind the macro costs more than recording.
-        delivery_seconds: metrics::histogram!(telemetry::DELIVERY_SECONDS),
-        ping_owed: false,
-        unflushed: false,
-        stalled_since: None,
-        read_ended: false,
+    let (sink, mut stream) = socket.split();
+    let reader_done = CancellationToken::new();
+    let last_seen = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let writer = AbortOnDropHandle::new(tokio::spawn(
+        write_loop(Writer {
+            sink,
+            outbound,
+            kick: conn.kick.clone(),
+            reader_done: reader_done.clone(),
+            ping_every: app.config.ws_ping_interval(),
+            write_timeout: app.config.write_timeout(),
+            last_seen: last_seen.clone(),
+            started,
+        })
+        .in_current_span(),
+    ));
+    let inputs = Inputs {
+        stream: &mut stream,
+        commands: &mut commands,
+        limiter: &mut limiter,
     };
-    let ended = play(app, &conn, &mut link, &mut commands, limiter).await;
-    Box::pin(close(app, &conn, link, ended)).await;
+    read_loop(app, &conn, inputs, &last_seen, started).await;
+    reader_done.cancel();
+    Box::pin(close(app, &conn, stream, writer)).await;
 }
 
-/// How a connection's main loop ended.
-enum Ended {
-    /// The connection is closing (its [`Kick`] says why): what it owes, then the close
-    /// frame.
-    Closing,
-    /// A write failed: nothing more can be written.
-    Broken,
-}
-
-fn ended(broken: bool) -> Ended {
-    if broken {
-        Ended::Broken
-    } else {
-        Ended::Closing
+/// Once the reader is done: the player out of the world, the writer's last frames out.
+async fn close(
+    app: &AppState,
+    conn: &ConnectionHandle,
+    mut stream: SplitStream<Box<WebSocket>>,
+    writer: AbortOnDropHandle<()>,
+) {
+    // Out of the room at once: the writer may spend a while on a peer that reads slowly,
+    // and nobody should see a player who is already gone.
+    session::detach(app, conn).await;
+    // Keep reading (and discarding) until the peer answers our close frame: closing a
+    // socket with unread input makes the kernel reset it, and the peer's kernel may then
+    // throw away our close frame before the peer reads it.
+    let discard = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let (written, _) = tokio::join!(
+        tokio::time::timeout(CLOSE_WRITE_TIMEOUT * 2, writer),
+        tokio::time::timeout(CLOSE_WRITE_TIMEOUT, discard),
+    );
+    // A writer still stuck on the socket is aborted as its handle drops here.
+    if written.is_err() {
+        tracing::warn!("writer did not finish in time; aborted");
     }
 }
 
-/// A command being run, holding the player's allowance until it is done.
-type Running<'a> = Pin<Box<dyn Future<Output = CommandLimiter> + Send + 'a>>;
-
-fn run_command<'a>(
-    app: &'a AppState,
-    conn: &'a ConnectionHandle,
-    mut limiter: CommandLimiter,
-    admission: Admission,
-    message: Result<ClientMessage, ProtocolError>,
-) -> Running<'a> {
-    Box::pin(async move {
-        session::handle(app, conn, &mut limiter, admission, message).await;
-        limiter
-    })
+/// Where a WebSocket connection's commands come from, and their allowance.
+struct Inputs<'a> {
+    stream: &'a mut SplitStream<Box<WebSocket>>,
+    commands: &'a mut mailbox::Receiver<ClientMessage>,
+    limiter: &'a mut CommandLimiter,
 }
 
-/// The connection's life until it closes: commands from the socket and from `POST
-/// /api/command`, the queue written as frames arrive, pings, and the deadlines on each.
-async fn play(
+async fn read_loop(
     app: &AppState,
     conn: &ConnectionHandle,
-    link: &mut Link,
-    commands: &mut mailbox::Receiver<ClientMessage>,
-    limiter: CommandLimiter,
-) -> Ended {
+    inputs: Inputs<'_>,
+    last_seen: &AtomicU64,
+    started: Instant,
+) {
+    let Inputs {
+        stream,
+        commands,
+        limiter,
+    } = inputs;
     let kick = &conn.kick;
     let max_frame = app.config.max_frame_bytes as usize;
-    let write_timeout = app.config.write_timeout();
-    let ping_every = app.config.ws_ping_interval();
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_seen = Instant::now();
-    // `None` while a command runs: the command holds it.
-    let mut limiter = Some(limiter);
-    let mut running: Option<Running<'_>> = None;
-    // Boxed, and only while a write is stalled: every idle connection would carry it.
-    let mut stall_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut commands_open = true;
-    let mut closing = false;
-    let mut broken = false;
-    let mut held: Option<(Gate, GateWait)> = None;
-    // One waiter for the whole connection: a new one per wake-up registers and unlinks
+    // One waiter for the whole connection: a new one per message registers and unlinks
     // itself each time (polling it still takes the token's lock).
     let closed = kick.closed();
     tokio::pin!(closed);
     loop {
-        let reading = running.is_none() && !closing;
-        // A close that throws the queue away stops the writing; one that drains goes on
-        // writing while the last command finishes, so nothing it answers is lost.
-        let writing = !broken && (!closing || kick.reason().drain);
-        // The wait for a held frame's gate lives as long as that gate holds the front:
-        // rebuilt on every wake-up it would cost a timer and an allocation per frame
-        // while a flood waits behind it.
-        match (writing.then(|| link.backlog.blocked_by()).flatten(), &held) {
-            (Some(gate), Some(waiting)) if waiting.0.is_same(&gate) => {}
-            (Some(gate), _) => held = Some((gate.clone(), Box::pin(gate_opened(gate)))),
-            (None, _) => held = None,
-        }
-        let gate_waited = held.is_some();
-        tokio::select! {
+        let message = tokio::select! {
             biased;
-            () = &mut closed, if !closing => {
-                closing = true;
-                if running.is_none() {
-                    return ended(broken);
+            _ = &mut closed => return,
+            submitted = commands.recv() => {
+                if let Some(message) = submitted {
+                    session::handle(app, conn, limiter, Admission::Admitted, Ok(message)).await;
                 }
+                continue;
             }
-            done = OptionFuture::from(running.as_mut()), if running.is_some() => {
-                running = None;
-                limiter = done;
-                if closing {
-                    return ended(broken);
-                }
+            message = stream.next() => message,
+        };
+        let message = match message {
+            Some(Ok(message)) => message,
+            Some(Err(error)) => {
+                kick.close(close_reason_for(error));
+                return;
             }
-            _ = OptionFuture::from(stall_deadline.as_mut()), if stall_deadline.is_some() => {
-                match link.stalled_since {
-                    Some(since) if since.elapsed() >= write_timeout => {
-                        stall_deadline = None;
-                        crate::realtime::connection::slow_consumer(kick);
-                    }
-                    // The stall that armed it ended; a later one may have begun.
-                    Some(since) => {
-                        stall_deadline = Some(Box::pin(tokio::time::sleep_until((since + write_timeout).into())));
-                    }
-                    None => stall_deadline = None,
+            None => return,
+        };
+        last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        match message {
+            Message::Text(text) => {
+                if text.len() > max_frame {
+                    kick.close(CloseReason::TOO_BIG);
+                    return;
                 }
+                let message = parse_client_message(text.as_str());
+                session::handle(app, conn, limiter, Admission::Check, message).await;
             }
-            _ = OptionFuture::from(held.as_mut().map(|(_, opened)| opened)), if gate_waited => held = None,
-            event = std::future::poll_fn(|cx| link.poll_event(cx, reading, writing, gate_waited)) => match event {
-                // A frame came to the front behind a gate nobody waits on yet.
-                Event::Held => {}
-                Event::Stalled => {
-                    if stall_deadline.is_none() {
-                        stall_deadline = Some(Box::pin(tokio::time::sleep(write_timeout)));
-                    }
-                }
-                Event::WriteFailed(error) => {
-                    broken = true;
-                    let reason = close_reason_for_write(error);
-                    if reason == CloseReason::SLOW_CONSUMER {
-                        crate::realtime::connection::slow_consumer(kick);
-                    } else {
-                        kick.close(reason);
-                    }
-                }
-                Event::Read(message) => {
-                    let message = match message {
-                        Some(Ok(message)) => message,
-                        Some(Err(error)) => {
-                            kick.close(close_reason_for(error));
-                            continue;
-                        }
-                        None => {
-                            kick.close(CloseReason::NORMAL);
-                            continue;
-                        }
-                    };
-                    last_seen = Instant::now();
-                    let Some(allowance) = limiter.take() else {
-                        continue;
-                    };
-                    match message {
-                        Message::Text(text) => {
-                            if text.len() > max_frame {
-                                kick.close(CloseReason::TOO_BIG);
-                                limiter = Some(allowance);
-                                continue;
-                            }
-                            let message = parse_client_message(text.as_str());
-                            running = Some(run_command(app, conn, allowance, Admission::Check, message));
-                        }
-                        Message::Binary(_) => {
-                            kick.close(CloseReason::UNSUPPORTED);
-                            limiter = Some(allowance);
-                        }
-                        Message::Close(_) => {
-                            kick.close(CloseReason::NORMAL);
-                            limiter = Some(allowance);
-                        }
-                        // Each ping costs a pong: pings count against the player's
-                        // allowance like commands, so a flood of them is cut off as one
-                        // of commands is.
-                        Message::Ping(_) | Message::Pong(_) => {
-                            let mut allowance = allowance;
-                            if allowance.check() == Verdict::Disconnect {
-                                kick.close(CloseReason::RATE_LIMITED);
-                            }
-                            limiter = Some(allowance);
-                        }
-                    }
-                }
-            },
-            submitted = commands.recv(), if reading && commands_open => match submitted {
-                Some(message) => {
-                    if let Some(allowance) = limiter.take() {
-                        running = Some(run_command(app, conn, allowance, Admission::Admitted, Ok(message)));
-                    }
-                }
-                None => commands_open = false,
-            },
-            _ = ping.tick(), if !closing => {
-                if last_seen.elapsed() > 2 * ping_every {
-                    kick.close(CloseReason::PING_TIMEOUT);
-                } else {
-                    link.ping_owed = true;
+            Message::Binary(_) => {
+                kick.close(CloseReason::UNSUPPORTED);
+                return;
+            }
+            Message::Close(_) => return,
+            // Each ping costs a pong: pings count against the player's allowance like
+            // commands, so a flood of them is cut off as one of commands is.
+            Message::Ping(_) | Message::Pong(_) => {
+                if limiter.check() == Verdict::Disconnect {
+                    kick.close(CloseReason::RATE_LIMITED);
+                    return;
                 }
             }
         }
-    }
-}
-
-/// The wait for a held frame's gate (see [`gate_opened`]).
-type GateWait = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// Waits for `gate`, and opens it after [`GATE_WAIT`]: a frame is late, never lost.
-async fn gate_opened(gate: Gate) {
-    if tokio::time::timeout(GATE_WAIT, gate.opened())
-        .await
-        .is_err()
-    {
-        tracing::warn!("a frame waited {GATE_WAIT:?} for its move to be stored; sending it anyway");
-        gate.open();
-    }
-}
-
-/// Once the main loop is done: the player out of the world, then the last frames.
-async fn close(app: &AppState, conn: &ConnectionHandle, mut link: Link, ended: Ended) {
-    // Out of the room first: the last frames may take a while to reach a peer that reads
-    // slowly, and nobody should see a player who is already gone.
-    session::detach(app, conn).await;
-    if matches!(ended, Ended::Broken) {
-        return;
-    }
-    let reason = conn.kick.reason();
-    if tokio::time::timeout(CLOSE_WRITE_TIMEOUT, link.farewell(reason))
-        .await
-        .is_err()
-    {
-        tracing::debug!("the last frames were not all written in time");
     }
 }
 
@@ -449,6 +341,20 @@ const HELD_MAX: usize = 4096;
 /// wrong with the database; the frames go out anyway.
 pub(crate) const GATE_WAIT: Duration = Duration::from_secs(30);
 
+/// What the writer task owns.
+struct Writer {
+    sink: SplitSink<Box<WebSocket>, Message>,
+    outbound: Outbound,
+    kick: Arc<Kick>,
+    /// Cancelled once the reader has run its last command (and queued its last reply).
+    reader_done: CancellationToken,
+    ping_every: Duration,
+    /// Longest a write may take; a peer that stops reading is closed as a slow consumer.
+    write_timeout: Duration,
+    last_seen: Arc<AtomicU64>,
+    started: Instant,
+}
+
 /// Frames taken from the queue and not yet written, in order. The front one may wait
 /// behind a closed gate.
 struct Backlog {
@@ -474,236 +380,222 @@ impl Backlog {
     }
 }
 
-/// What a poll of the socket brought.
-enum Event {
-    /// A message from the peer; `None` when its stream ended.
-    Read(Option<Result<Message, axum::Error>>),
-    /// A write began waiting for the peer to read: its deadline starts now.
-    Stalled,
-    /// Writing stopped at a frame behind a closed gate.
-    Held,
-    WriteFailed(axum::Error),
-}
-
-/// What writing did.
-enum Wrote {
-    /// Everything queued is written and flushed.
-    Idle,
-    /// More to do: it waits for the socket, a gate, or its next turn (already woken).
-    Busy,
-    /// As `Busy`, and the socket has just stopped taking data.
-    Stalled,
-}
-
-/// The socket and what is to be written to it.
-struct Link {
-    socket: Box<WebSocket>,
-    outbound: Outbound,
-    backlog: Backlog,
-    kick: Arc<Kick>,
-    delivery_seconds: metrics::Histogram,
-    /// A ping is to be sent before the next frame.
-    ping_owed: bool,
-    /// Frames handed to the socket and not yet flushed.
-    unflushed: bool,
-    /// Since when the socket has taken no data while we had some for it.
-    stalled_since: Option<Instant>,
-    /// The peer's stream has ended: it must not be polled again.
-    read_ended: bool,
-}
-
-/// Messages read and thrown away in one poll while closing, before others get a turn.
-const DISCARD_BATCH: usize = 64;
-
-impl Link {
-    /// Writes what it can, then reads one message if `reading`. `gate_waited`: whether
-    /// the caller already waits on the gate of the frame at the backlog's front.
-    fn poll_event(
-        &mut self,
-        cx: &mut Context<'_>,
-        reading: bool,
-        writing: bool,
-        gate_waited: bool,
-    ) -> Poll<Event> {
-        if writing {
-            match self.poll_write(cx) {
-                Err(error) => return Poll::Ready(Event::WriteFailed(error)),
-                Ok(Wrote::Stalled) => return Poll::Ready(Event::Stalled),
-                Ok(Wrote::Idle | Wrote::Busy) => {}
-            }
-            if !gate_waited && self.backlog.blocked_by().is_some() {
-                return Poll::Ready(Event::Held);
-            }
-        }
-        if reading
-            && !self.read_ended
-            && let Poll::Ready(message) = Pin::new(&mut *self.socket).poll_next(cx)
-        {
-            self.read_ended = message.is_none();
-            return Poll::Ready(Event::Read(message));
-        }
-        Poll::Pending
-    }
-
-    /// Takes queued frames into the backlog: one when it is empty, or all that wait
-    /// while its front frame is held behind a gate (so that the wait does not fill the
-    /// connection's queue).
-    fn take_queued(&mut self, cx: &mut Context<'_>) {
-        while self.backlog.frames.is_empty() || self.backlog.blocked_by().is_some() {
-            match self.outbound.poll_recv(cx) {
-                Poll::Ready(Some(queued)) => {
-                    if !self.backlog.push(queued, &self.kick) {
-                        return;
-                    }
+/// Writes the backlog's frames up to the first one behind a closed gate (and what else is
+/// queued, at most [`WRITE_BATCH`] in all), then flushes once.
+async fn write_ready(
+    sink: &mut SplitSink<Box<WebSocket>, Message>,
+    outbound: &mut Outbound,
+    backlog: &mut Backlog,
+    kick: &Kick,
+    delivery_seconds: &metrics::Histogram,
+) -> Result<(), axum::Error> {
+    let mut written = 0;
+    while written < WRITE_BATCH {
+        if backlog.frames.is_empty() {
+            match outbound.try_recv() {
+                Ok(queued) => {
+                    backlog.push(queued, kick);
                 }
-                Poll::Ready(None) | Poll::Pending => return,
+                Err(_) => break,
             }
         }
-    }
-
-    /// Writes the pending ping and the backlog's frames up to the first behind a closed
-    /// gate (at most [`WRITE_BATCH`] at a time), then flushes once: a burst costs one
-    /// write call, not one per frame.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<Wrote, axum::Error> {
-        let mut fed = 0;
-        while fed < WRITE_BATCH {
-            if !self.ping_owed {
-                self.take_queued(cx);
-                if self.backlog.frames.is_empty() || self.backlog.blocked_by().is_some() {
-                    break;
-                }
-            }
-            match Pin::new(&mut *self.socket).poll_ready(cx) {
-                Poll::Ready(Ok(())) => self.stalled_since = None,
-                Poll::Ready(Err(error)) => return Err(error),
-                Poll::Pending => return Ok(self.stalled()),
-            }
-            if self.ping_owed {
-                self.ping_owed = false;
-                Pin::new(&mut *self.socket).start_send(Message::Ping(Bytes::new()))?;
-            } else if let Some(Queued { frame, since, .. }) = self.backlog.frames.pop_front() {
-                Pin::new(&mut *self.socket).start_send(Message::Text(frame))?;
-                self.delivery_seconds.record(since.elapsed().as_secs_f64());
-            }
-            self.unflushed = true;
-            fed += 1;
+        if backlog.blocked_by().is_some() {
+            break;
         }
-        if self.unflushed {
-            match Pin::new(&mut *self.socket).poll_flush(cx) {
-                Poll::Ready(Ok(())) => {
-                    self.unflushed = false;
-                    self.stalled_since = None;
-                }
-                Poll::Ready(Err(error)) => return Err(error),
-                Poll::Pending => return Ok(self.stalled()),
-            }
-        }
-        if self.backlog.frames.is_empty() && self.backlog.frames.capacity() > 0 {
-            // An idle connection keeps no buffer between bursts.
-            self.backlog.frames = std::collections::VecDeque::new();
-        }
-        if fed == WRITE_BATCH {
-            // More may wait: its turn comes after the other work of this task.
-            cx.waker().wake_by_ref();
-            return Ok(Wrote::Busy);
-        }
-        if self.backlog.frames.is_empty() && !self.ping_owed {
-            Ok(Wrote::Idle)
-        } else {
-            Ok(Wrote::Busy)
-        }
-    }
-
-    fn stalled(&mut self) -> Wrote {
-        if self.stalled_since.is_some() {
-            return Wrote::Busy;
-        }
-        self.stalled_since = Some(Instant::now());
-        Wrote::Stalled
-    }
-
-    /// The connection's last frames: what it still owes if its close drains, then the
-    /// close frame, while reading (and throwing away) until the peer answers it —
-    /// closing a socket with unread input makes the kernel reset it, and the peer's
-    /// kernel may then throw away our close frame before the peer reads it.
-    async fn farewell(&mut self, reason: CloseReason) {
-        let mut step = if reason.drain {
-            Farewell::Owed
-        } else {
-            Farewell::CloseFrame
+        let Some(Queued { frame, since, .. }) = backlog.frames.pop_front() else {
+            break;
         };
-        loop {
-            let gate = match step {
-                Farewell::Owed => self.backlog.blocked_by(),
-                _ => None,
+        sink.feed(Message::Text(frame)).await?;
+        delivery_seconds.record(since.elapsed().as_secs_f64());
+        written += 1;
+    }
+    if backlog.frames.is_empty() {
+        // An idle connection keeps no buffer between bursts.
+        backlog.frames = std::collections::VecDeque::new();
+    }
+    sink.flush().await
+}
+
+/// How a write attempt ended.
+enum Wrote {
+    Done,
+    /// The connection was closed meanwhile.
+    Closed,
+    Failed(axum::Error),
+}
+
+async fn write_loop(writer: Writer) {
+    let Writer {
+        mut sink,
+        mut outbound,
+        kick,
+        reader_done,
+        ping_every,
+        write_timeout,
+        last_seen,
+        started,
+    } = writer;
+    let mut ping = tokio::time::interval(ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    // Looked up once: the registry lookup behind the macro costs more than the recording.
+    let delivery_seconds = metrics::histogram!(telemetry::DELIVERY_SECONDS);
+    let mut backlog = Backlog {
+        frames: std::collections::VecDeque::new(),
+    };
+    // One waiter each for the whole connection: a new one per wake-up registers and
+    // unlinks itself each time (polling it still takes the token's lock).
+    let closed = kick.closed();
+    tokio::pin!(closed);
+    let abandoned = kick.closed_without_drain();
+    tokio::pin!(abandoned);
+    loop {
+        if let Some(gate) = backlog.blocked_by() {
+            // Held until the gate opens, taking in (not writing) what comes meanwhile. A
+            // close that drains waits for it too: the frames behind the gate are answers.
+            let took = tokio::select! {
+                biased;
+                _ = &mut abandoned => break,
+                () = gate.opened() => true,
+                queued = outbound.recv() => match queued {
+                    Some(queued) => backlog.push(queued, &kick),
+                    None => false,
+                },
+                () = Box::pin(tokio::time::sleep(GATE_WAIT)) => {
+                    tracing::warn!("a frame waited {GATE_WAIT:?} for its move to be stored; sending it anyway");
+                    gate.open();
+                    true
+                }
             };
+            if !took {
+                break;
+            }
+            continue;
+        }
+        if backlog.frames.is_empty() {
             tokio::select! {
                 biased;
-                _ = OptionFuture::from(gate.map(|gate| Box::pin(async move { gate.opened().await }))), if gate.is_some() => {}
-                () = std::future::poll_fn(|cx| self.poll_farewell(cx, reason, &mut step)) => return,
-            }
-        }
-    }
-
-    fn poll_farewell(
-        &mut self,
-        cx: &mut Context<'_>,
-        reason: CloseReason,
-        step: &mut Farewell,
-    ) -> Poll<()> {
-        self.discard_input(cx);
-        loop {
-            match step {
-                Farewell::Owed => match self.poll_write(cx) {
-                    Ok(Wrote::Idle) => *step = Farewell::CloseFrame,
-                    Ok(Wrote::Busy | Wrote::Stalled) => return Poll::Pending,
-                    Err(_) => return Poll::Ready(()),
-                },
-                Farewell::CloseFrame => match Pin::new(&mut *self.socket).poll_ready(cx) {
-                    Poll::Ready(Ok(())) => {
-                        if Pin::new(&mut *self.socket)
-                            .start_send(close_message(reason))
-                            .is_err()
-                        {
-                            return Poll::Ready(());
-                        }
-                        *step = Farewell::Closing;
+                _ = &mut closed => break,
+                queued = outbound.recv() => match queued {
+                    Some(queued) => {
+                        backlog.push(queued, &kick);
                     }
-                    Poll::Ready(Err(_)) => return Poll::Ready(()),
-                    Poll::Pending => return Poll::Pending,
+                    None => break,
                 },
-                Farewell::Closing => match Pin::new(&mut *self.socket).poll_close(cx) {
-                    Poll::Ready(_) => *step = Farewell::Sent,
-                    Poll::Pending => return Poll::Pending,
-                },
-                Farewell::Sent if self.read_ended => return Poll::Ready(()),
-                Farewell::Sent => return Poll::Pending,
+                _ = ping.tick() => {
+                    let idle_ms = (started.elapsed().as_millis() as u64)
+                        .saturating_sub(last_seen.load(Ordering::Relaxed));
+                    if idle_ms > 2 * ping_every.as_millis() as u64 {
+                        kick.close(CloseReason::PING_TIMEOUT);
+                        break;
+                    }
+                    let wrote = tokio::select! {
+                        biased;
+                        _ = &mut abandoned => Wrote::Closed,
+                        sent = Box::pin(tokio::time::timeout(write_timeout, sink.send(Message::Ping(Bytes::new())))) => settle(sent, &kick),
+                    };
+                    match finish(wrote, &kick) {
+                        Next::Go => {}
+                        Next::Farewell => break,
+                        Next::Stop => return,
+                    }
+                }
             }
+            continue;
+        }
+        // Frames to write. Only a close that throws the queue away interrupts the write:
+        // one that drains lets it finish (it has its deadline), so nothing taken is lost.
+        let wrote = tokio::select! {
+            biased;
+            _ = &mut abandoned => Wrote::Closed,
+            // Boxed: held only while writing, it would otherwise make every idle writer
+            // task as large as a write.
+            sent = Box::pin(tokio::time::timeout(write_timeout, write_ready(&mut sink, &mut outbound, &mut backlog, &kick, &delivery_seconds))) => settle(sent, &kick),
+        };
+        match finish(wrote, &kick) {
+            Next::Go => {}
+            Next::Farewell => break,
+            Next::Stop => return,
         }
     }
+    let farewell = Box::pin(tokio::time::timeout(
+        CLOSE_WRITE_TIMEOUT,
+        farewell(sink, outbound, backlog, reader_done, kick.reason()),
+    ));
+    let _ = farewell.await;
+}
 
-    fn discard_input(&mut self, cx: &mut Context<'_>) {
-        for _ in 0..DISCARD_BATCH {
-            if self.read_ended {
-                return;
-            }
-            match Pin::new(&mut *self.socket).poll_next(cx) {
-                Poll::Ready(Some(Ok(Message::Close(_)) | Err(_)) | None) => self.read_ended = true,
-                Poll::Ready(Some(Ok(_))) => {}
-                Poll::Pending => return,
+/// The writer's last frames: what the connection still owes if its close drains, then the
+/// close frame.
+async fn farewell(
+    mut sink: SplitSink<Box<WebSocket>, Message>,
+    mut outbound: Outbound,
+    mut backlog: Backlog,
+    reader_done: CancellationToken,
+    reason: CloseReason,
+) -> Result<(), axum::Error> {
+    if reason.drain {
+        // Every command the reader accepted is answered before the close frame.
+        loop {
+            tokio::select! {
+                biased;
+                queued = outbound.recv() => match queued {
+                    Some(queued) => backlog.frames.push_back(queued),
+                    None => break,
+                },
+                _ = reader_done.cancelled() => break,
             }
         }
-        cx.waker().wake_by_ref();
+        while let Ok(queued) = outbound.try_recv() {
+            backlog.frames.push_back(queued);
+        }
+        while let Some(queued) = backlog.frames.pop_front() {
+            if let Some(gate) = &queued.gate {
+                gate.opened().await;
+            }
+            sink.feed(Message::Text(queued.frame)).await?;
+        }
+    }
+    sink.send(close_message(reason)).await?;
+    sink.close().await
+}
+
+/// A write's result, with a deadline passed counted as a slow consumer.
+fn settle(
+    sent: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
+    kick: &Kick,
+) -> Wrote {
+    match sent {
+        Ok(Ok(())) => Wrote::Done,
+        Ok(Err(error)) => Wrote::Failed(error),
+        Err(_) => {
+            crate::realtime::connection::slow_consumer(kick);
+            Wrote::Closed
+        }
     }
 }
 
-/// Where a connection's farewell is.
-enum Farewell {
-    /// Writing the frames it owes.
-    Owed,
-    CloseFrame,
-    /// The close frame handed over: flushing it.
-    Closing,
-    /// Waiting for the peer's answer.
-    Sent,
+/// What the writer does after a write.
+enum Next {
+    Go,
+    /// The connection is closing: write what is owed, then the close frame.
+    Farewell,
+    /// The socket failed: nothing more can be written.
+    Stop,
+}
+
+fn finish(wrote: Wrote, kick: &Kick) -> Next {
+    match wrote {
+        Wrote::Done => Next::Go,
+        Wrote::Closed => Next::Farewell,
+        Wrote::Failed(error) => {
+            let reason = close_reason_for_write(error);
+            if reason == CloseReason::SLOW_CONSUMER {
+                crate::realtime::connection::slow_consumer(kick);
+            } else {
+                kick.close(reason);
+            }
+            Next::Stop
+        }
+    }
 }
