@@ -97,6 +97,14 @@ pub struct Config {
     )]
     pub subscriptions: crate::realtime::SubscriptionMode,
 
+    /// By interest: the share of the world's rooms and sub-zones (0 to 1) past which the
+    /// node listens to the whole world instead of to each place — a subscription per place
+    /// costs the node about 6 KB, and hearing most of the world one place at a time saves
+    /// little traffic. It goes back to places when its players are in fewer than half as
+    /// many. 1: never.
+    #[arg(long, env = "NATSMUD_INTEREST_MAX_SHARE", default_value_t = 0.5, value_parser = parse_share)]
+    pub interest_max_share: f64,
+
     /// This node's id among the nodes serving the world: letters, digits, '_' and '-'.
     /// Generated at start when unset (and logged).
     #[arg(long, env = "NATSMUD_NODE_ID", value_parser = parse_node_id)]
@@ -322,6 +330,13 @@ fn parse_optional_addr(value: &str) -> Result<OptionalAddr, String> {
     }
 }
 
+fn parse_share(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{value:?} is not a share between 0 and 1")),
+    }
+}
+
 fn parse_tick_interval(value: &str) -> Result<u64, String> {
     let ms: u64 = value
         .parse()
@@ -533,6 +548,16 @@ impl Config {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n as usize,
         }
+    }
+
+    /// How many rooms and sub-zones a node subscribes to one by one before it listens to
+    /// the whole world instead, in a world of `places`.
+    pub fn interest_max_places(&self, places: usize) -> usize {
+        if self.interest_max_share >= 1.0 {
+            return usize::MAX;
+        }
+        // Exact for any world that fits in memory.
+        (self.interest_max_share * places as f64).floor() as usize
     }
 
     pub fn tick_interval(&self) -> Option<Duration> {

@@ -223,6 +223,7 @@ pub async fn run_on(
         client.clone(),
         config.subject_prefix.clone(),
         config.subscriptions,
+        config.interest_max_places(manager.place_count()),
     );
     let handler_task = tokio::spawn(handler.run(
         client.clone(),

@@ -53,6 +53,7 @@ pub const NATS_IN_BYTES: &str = "natsmud_nats_in_bytes_total";
 pub const NATS_OUT_BYTES: &str = "natsmud_nats_out_bytes_total";
 pub const NATS_SUBSCRIPTIONS: &str = "natsmud_nats_subscriptions";
 pub const EVENTS_CAUGHT_UP: &str = "natsmud_events_caught_up_total";
+pub const EVENTS_HEARD_TWICE: &str = "natsmud_events_heard_twice_total";
 pub const RESUMES: &str = "natsmud_resumes_total";
 pub const RESUMED_EVENTS: &str = "natsmud_resumed_events_total";
 pub const RESUME_SECONDS: &str = "natsmud_resume_seconds";
@@ -119,6 +120,10 @@ fn describe() {
     describe_counter!(TICKS_FAILED, "Game ticks that could not be published");
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS");
     describe_counter!(NATS_RECONNECTS, "Reconnections to NATS after a disconnect");
+    describe_counter!(
+        EVENTS_HEARD_TWICE,
+        "Events two subscriptions of this node brought (while it changed what it listens to), delivered once"
+    );
     describe_counter!(
         EVENTS_CAUGHT_UP,
         "Events read back from the event stream after a NATS reconnect, for this node's players"

@@ -315,31 +315,12 @@ async fn a_move_answers_before_any_event_of_the_new_room_and_says_where_its_numb
     let stop = tokio_util::sync::CancellationToken::new();
     let talker = {
         let stop = stop.clone();
-        let room = natsmud_protocol::RoomId::parse(&busy_room).unwrap();
-        let subject = natsmud_protocol::Subject::say(&room).render(&Default::default());
+        let busy_room = busy_room.clone();
         tokio::spawn(async move {
-            let speaker = natsmud_protocol::PlayerId::parse("talker-1").unwrap();
             let mut n = 0u64;
             while !stop.is_cancelled() {
                 n += 1;
-                let envelope = natsmud_protocol::Envelope::new(
-                    EventType::ChatMessage,
-                    natsmud_protocol::envelope::ChatMessageData {
-                        channel: "say".into(),
-                        sender_id: speaker.clone(),
-                        player_name: "Talker".into(),
-                        message: format!("Talker says: {n}"),
-                        message_id: n.to_string(),
-                        target_id: None,
-                        target_name: None,
-                        sub_zone: None,
-                    },
-                )
-                .in_room(room.clone())
-                .by_player(speaker.clone());
-                nats.publish(subject.clone(), envelope.to_bytes())
-                    .await
-                    .unwrap();
+                common::say_from_outside(&nats, &busy_room, &n.to_string(), n).await;
                 // About 4,000 a second: dozens of events of the new room during each
                 // move, and no more than a test client starved of CPU (tests run in
                 // parallel) reads; faster, and it is cut off as a slow consumer, rightly.

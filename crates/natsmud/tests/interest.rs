@@ -161,3 +161,98 @@ async fn a_subscription_the_server_refuses_closes_the_players_rather_than_leave_
         "the refusal was not counted"
     );
 }
+
+/// A node whose players are in more than its share of the world listens to all of it (two
+/// subscriptions instead of one per room and sub-zone) and, once they are in few places
+/// again, to each of them. Across both changes a player hears every event of their room
+/// once and in order — for a moment two subscriptions bring them — and a player in a room
+/// the node never subscribed to hears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_listens_to_the_whole_world_while_its_players_are_in_much_of_it_losing_nothing() {
+    let world = common::world();
+    let places = world.rooms().count() + world.sub_zones().count();
+    // The whole world past 6 places; each place again below 3.
+    let share = 6.5 / places as f64;
+    let a = TestApp::spawn_with(move |config| config.interest_max_share = share).await;
+    let [mut carol, mut alice] = a.join_all(["Carol", "Alice"]).await;
+    let home = carol.room.clone();
+    let by_place = subscriptions(&a).await;
+    assert!(by_place > 2, "{by_place} subscriptions");
+
+    // A steady flow of numbered says in Carol's room, from outside, all along.
+    let nats = a.outside_client().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let talker = {
+        let (nats, stop, home) = (nats.clone(), stop.clone(), home.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                n += 1;
+                common::say_from_outside(&nats, &home, &n.to_string(), n).await;
+                // About 1,000 a second, so that some are said while two subscriptions
+                // bring the room.
+                if n.is_multiple_of(5) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            common::say_from_outside(&nats, &home, "end", n + 1).await;
+            n
+        })
+    };
+    let listener = tokio::spawn(async move {
+        let mut heard = Vec::new();
+        loop {
+            let frame = carol
+                .until_within(EventType::ChatMessage, Duration::from_secs(90))
+                .await;
+            match frame.data["message"].as_str().unwrap() {
+                "Talker says: end" => return heard,
+                said => heard.push(said["Talker says: ".len()..].parse::<u64>().unwrap()),
+            }
+        }
+    });
+
+    // Alice walks through new rooms until the node listens to the whole world.
+    let path = walk(&home, 8);
+    assert!(path.len() >= 6, "the world is too small for this test");
+    let mut steps = path.iter();
+    while subscriptions(&a).await > 2 {
+        let Some((direction, room)) = steps.next() else {
+            panic!("node A never listened to the whole world");
+        };
+        let update = alice.reply(&format!("go {direction}")).await;
+        assert_eq!(update.room_id.as_deref(), Some(room.as_str()), "{update:?}");
+    }
+    // One more room, which the node does not subscribe to on its own: Alice hears it.
+    let (direction, room) = steps.next().expect("a room left to walk to");
+    let update = alice.reply(&format!("go {direction}")).await;
+    assert_eq!(update.room_id.as_deref(), Some(room.as_str()), "{update:?}");
+    assert_eq!(subscriptions(&a).await, 2);
+    common::say_from_outside(&nats, room, "anyone here?", 1).await;
+    let heard = alice.until(EventType::ChatMessage).await;
+    assert_eq!(heard.data["message"], "Talker says: anyone here?");
+
+    // Alice leaves; once her rooms are forgotten the node listens to each place again.
+    drop(alice);
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while subscriptions(&a).await <= 2 {
+        assert!(
+            Instant::now() < deadline,
+            "node A never went back to listening to places"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Past both changes, then the last word.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let said = talker.await.unwrap();
+    let heard = listener.await.unwrap();
+    let expected: Vec<u64> = (1..=said).collect();
+    assert_eq!(
+        heard.len(),
+        expected.len(),
+        "heard {} of {said}",
+        heard.len()
+    );
+    assert_eq!(heard, expected);
+}

@@ -221,6 +221,11 @@ impl ConnectionManager {
         self.room_index.get(room).copied()
     }
 
+    /// Rooms and sub-zones of the world.
+    pub fn place_count(&self) -> usize {
+        self.rooms.len() + self.sub_zones.len()
+    }
+
     pub fn has_sub_zone(&self, sub_zone: &str) -> bool {
         self.sub_zones.contains_key(sub_zone)
     }

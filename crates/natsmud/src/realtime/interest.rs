@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use futures::stream::{AbortHandle, Abortable, BoxStream};
+use futures::stream::BoxStream;
 use natsmud_protocol::{Interest, RoomId, SubZoneId, SubjectPrefix};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -58,20 +58,55 @@ pub enum SubscriptionMode {
     All,
 }
 
+/// One interest's subscriptions, as the handler reads them. Retiring them drains them:
+/// NATS stops sending, and the handler still reads what was sent before, so that a place
+/// heard through two subscriptions for a moment (see [`Interests::want`]) loses nothing.
+struct Subscribed {
+    retire: CancellationToken,
+    count: usize,
+}
+
 struct Entry {
     /// Players on their way into the place (see [`Wanted`]).
     pending: Arc<AtomicUsize>,
-    aborts: Vec<AbortHandle>,
+    /// `None` while the node listens to the whole world.
+    subscribed: Option<Subscribed>,
     last_wanted: Instant,
+}
+
+impl Entry {
+    fn new(subscribed: Option<Subscribed>) -> Self {
+        Self {
+            pending: Arc::new(AtomicUsize::new(0)),
+            subscribed,
+            last_wanted: Instant::now(),
+        }
+    }
+}
+
+/// The places where this node has players (or had them a moment ago), and what it
+/// listens to for them.
+struct Places {
+    /// Rooms and sub-zones.
+    entries: HashMap<Interest, Entry>,
+    /// What the node listens to whoever its players are: [`Interest::World`], or
+    /// [`Interest::Everything`] while it listens to the whole world.
+    always: Option<Subscribed>,
+    /// Listening to the whole world rather than to each place (its players are in too
+    /// many of them, or `--subscriptions all`).
+    wide: bool,
 }
 
 pub struct Interests {
     client: async_nats::Client,
     prefix: SubjectPrefix,
     mode: SubscriptionMode,
+    /// Past this many rooms and sub-zones the node listens to the whole world instead;
+    /// back to places below half as many.
+    wide_above: usize,
     /// Held while subscribing, so that a place is subscribed once and a retirement never
     /// races a player on its way in.
-    entries: tokio::sync::Mutex<HashMap<Interest, Entry>>,
+    places: tokio::sync::Mutex<Places>,
     feeds: mpsc::UnboundedSender<Feed>,
     subscriptions: AtomicUsize,
 }
@@ -114,18 +149,26 @@ pub struct SubscribeError {
 
 impl Interests {
     /// The interests of a node, and the receiving end of its subscriptions for the NATS
-    /// handler. Nothing is subscribed until [`Interests::start`].
+    /// handler. Nothing is subscribed until [`Interests::start`]. By interest, the node
+    /// listens to the whole world instead of to each place while its players are in more
+    /// than `wide_above` rooms and sub-zones.
     pub fn new(
         client: async_nats::Client,
         prefix: SubjectPrefix,
         mode: SubscriptionMode,
+        wide_above: usize,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Feed>) {
         let (feeds, receiver) = mpsc::unbounded_channel();
         let interests = Arc::new(Self {
             client,
             prefix,
             mode,
-            entries: tokio::sync::Mutex::new(HashMap::new()),
+            wide_above,
+            places: tokio::sync::Mutex::new(Places {
+                entries: HashMap::new(),
+                always: None,
+                wide: mode == SubscriptionMode::All,
+            }),
             feeds,
             subscriptions: AtomicUsize::new(0),
         });
@@ -134,13 +177,13 @@ impl Interests {
 
     /// Subscribes to what the node always listens to.
     pub async fn start(&self) -> Result<(), SubscribeError> {
-        let always = match self.mode {
-            SubscriptionMode::Interest => Interest::World,
-            SubscriptionMode::All => Interest::Everything,
+        let mut places = self.places.lock().await;
+        let always = if places.wide {
+            Interest::Everything
+        } else {
+            Interest::World
         };
-        let mut entries = self.entries.lock().await;
-        let entry = self.subscribe(always.clone()).await?;
-        entries.insert(always, entry);
+        places.always = Some(self.subscribe(always).await?);
         Ok(())
     }
 
@@ -151,6 +194,13 @@ impl Interests {
 
     /// Makes sure this node listens to `room` and its sub-zone before a player enters it;
     /// keep the [`Wanted`] until the player is in the room.
+    ///
+    /// A node whose players would be in more places than it subscribes to one by one
+    /// listens to the whole world instead: past a share of the world, a subscription per
+    /// place costs memory (async-nats gives each a channel of its own) and saves little
+    /// traffic. It subscribes to everything first, then drains the places'
+    /// subscriptions; for that moment a place is heard twice, and the handler delivers
+    /// each event of a place once (by its stream position).
     pub async fn want(
         &self,
         room: &RoomId,
@@ -160,17 +210,31 @@ impl Interests {
         if self.mode == SubscriptionMode::All {
             return Ok(wanted);
         }
-        let mut entries = self.entries.lock().await;
-        for interest in [
+        let mut places = self.places.lock().await;
+        let wanting = [
             Interest::Room(room.to_string()),
             Interest::SubZone(sub_zone.to_string()),
-        ] {
-            if !entries.contains_key(&interest) {
-                let entry = self.subscribe(interest.clone()).await?;
-                entries.insert(interest.clone(), entry);
+        ];
+        let new = wanting
+            .iter()
+            .filter(|interest| !places.entries.contains_key(interest))
+            .count();
+        if !places.wide && new > 0 && places.entries.len() + new > self.wide_above {
+            self.widen(&mut places).await?;
+        }
+        for interest in wanting {
+            if !places.entries.contains_key(&interest) {
+                let subscribed = if places.wide {
+                    None
+                } else {
+                    Some(self.subscribe(interest.clone()).await?)
+                };
+                places
+                    .entries
+                    .insert(interest.clone(), Entry::new(subscribed));
                 wanted.fresh = true;
             }
-            if let Some(entry) = entries.get_mut(&interest) {
+            if let Some(entry) = places.entries.get_mut(&interest) {
                 entry.pending.fetch_add(1, Ordering::AcqRel);
                 entry.last_wanted = Instant::now();
                 wanted.pending.push(entry.pending.clone());
@@ -179,12 +243,94 @@ impl Interests {
         Ok(wanted)
     }
 
-    /// Unsubscribes from the rooms and sub-zones where this node has had nobody for `idle`
-    /// (as seen by these calls: call it more often than `idle`).
+    /// Listens to the whole world, then lets each place's subscriptions go.
+    async fn widen(&self, places: &mut Places) -> Result<(), SubscribeError> {
+        let everything = self.subscribe(Interest::Everything).await?;
+        if let Some(world) = places.always.replace(everything) {
+            self.retire(world);
+        }
+        for entry in places.entries.values_mut() {
+            if let Some(subscribed) = entry.subscribed.take() {
+                self.retire(subscribed);
+            }
+        }
+        places.wide = true;
+        self.note_subscriptions();
+        tracing::info!(
+            places = places.entries.len(),
+            most = self.wide_above,
+            "players in many places: listening to the whole world"
+        );
+        Ok(())
+    }
+
+    /// Listens to each place again (and to what every node needs), then lets the whole
+    /// world go. Nothing changes if a subscription fails.
+    async fn narrow(&self, places: &mut Places) -> Result<(), SubscribeError> {
+        // `None`: what every node needs.
+        let mut made: Vec<(Option<Interest>, Subscribed)> =
+            Vec::with_capacity(places.entries.len() + 1);
+        let subscribed: Result<(), SubscribeError> = async {
+            made.push((None, self.subscribe(Interest::World).await?));
+            for interest in places.entries.keys() {
+                made.push((
+                    Some(interest.clone()),
+                    self.subscribe(interest.clone()).await?,
+                ));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(error) = subscribed {
+            for (_, subscribed) in made {
+                self.retire(subscribed);
+            }
+            self.note_subscriptions();
+            return Err(error);
+        }
+        // Every subscription is with the client before the first drain is asked for, so
+        // NATS registers them before it lets the whole world go.
+        for (interest, subscribed) in made {
+            match interest {
+                None => {
+                    if let Some(everything) = places.always.replace(subscribed) {
+                        self.retire(everything);
+                    }
+                }
+                Some(interest) => {
+                    if let Some(entry) = places.entries.get_mut(&interest) {
+                        entry.subscribed = Some(subscribed);
+                    }
+                }
+            }
+        }
+        places.wide = false;
+        self.note_subscriptions();
+        tracing::info!(
+            places = places.entries.len(),
+            "players in fewer places: listening to each of them again"
+        );
+        Ok(())
+    }
+
+    fn retire(&self, subscribed: Subscribed) {
+        subscribed.retire.cancel();
+        self.subscriptions
+            .fetch_sub(subscribed.count, Ordering::Relaxed);
+    }
+
+    fn note_subscriptions(&self) {
+        metrics::gauge!(telemetry::NATS_SUBSCRIPTIONS).set(self.subscription_count() as f64);
+    }
+
+    /// Forgets the rooms and sub-zones where this node has had nobody for `idle` (as
+    /// seen by these calls: call it more often than `idle`), unsubscribing from them; and
+    /// goes back from the whole world to places when they are few again.
     pub async fn retire_unused(&self, manager: &ConnectionManager, idle: Duration) {
-        let mut entries = self.entries.lock().await;
-        let before = entries.len();
-        entries.retain(|interest, entry| {
+        let mut places = self.places.lock().await;
+        let before = places.entries.len();
+        let mut retiring = Vec::new();
+        places.entries.retain(|interest, entry| {
             let empty = match interest {
                 Interest::Room(room) => manager.room_is_empty(room),
                 Interest::SubZone(sub_zone) => manager.sub_zone_is_empty(sub_zone),
@@ -197,21 +343,27 @@ impl Interests {
             }
             let unused = entry.last_wanted.elapsed() >= idle;
             if unused {
-                for abort in &entry.aborts {
-                    abort.abort();
-                }
-                self.subscriptions
-                    .fetch_sub(entry.aborts.len(), Ordering::Relaxed);
+                retiring.extend(entry.subscribed.take());
             }
             !unused
         });
-        if entries.len() != before {
-            metrics::gauge!(telemetry::NATS_SUBSCRIPTIONS).set(self.subscription_count() as f64);
+        for subscribed in retiring {
+            self.retire(subscribed);
+        }
+        if places.entries.len() != before {
+            self.note_subscriptions();
             tracing::debug!(
-                retired = before - entries.len(),
-                remaining = entries.len(),
-                "unsubscribed from places without players"
+                retired = before - places.entries.len(),
+                remaining = places.entries.len(),
+                "forgot places without players"
             );
+        }
+        if places.wide
+            && self.mode == SubscriptionMode::Interest
+            && places.entries.len() < self.wide_above / 2
+            && let Err(error) = self.narrow(&mut places).await
+        {
+            tracing::warn!(%error, "cannot listen to places one by one again; still listening to the whole world");
         }
     }
 
@@ -235,22 +387,20 @@ impl Interests {
         }
     }
 
-    /// Subscribes to `interest`'s patterns and hands the subscriptions to the handler.
-    async fn subscribe(&self, interest: Interest) -> Result<Entry, SubscribeError> {
+    /// Subscribes to `interest`'s patterns and hands the subscriptions to the handler, as
+    /// one feed so that they start being read together.
+    async fn subscribe(&self, interest: Interest) -> Result<Subscribed, SubscribeError> {
         let interest = Arc::new(interest);
-        let mut aborts: Vec<AbortHandle> = Vec::new();
+        let retire = CancellationToken::new();
+        let mut streams: Vec<BoxStream<'static, async_nats::Message>> = Vec::new();
         for subject in interest.live_patterns(&self.prefix) {
             let subscribed =
                 tokio::time::timeout(SUBSCRIBE_WAIT, self.client.subscribe(subject.clone())).await;
             let subscriber = match subscribed {
                 Ok(Ok(subscriber)) => subscriber,
                 failed => {
-                    // None of the interest, rather than part of it.
-                    for abort in &aborts {
-                        abort.abort();
-                    }
-                    self.subscriptions
-                        .fetch_sub(aborts.len(), Ordering::Relaxed);
+                    // None of the interest, rather than part of it (dropping the
+                    // subscribers made so far unsubscribes them).
                     let reason = match failed {
                         Ok(Err(error)) => error.to_string(),
                         _ => "the NATS client is not taking requests".into(),
@@ -258,29 +408,58 @@ impl Interests {
                     return Err(SubscribeError { subject, reason });
                 }
             };
-            let (abort, registration) = AbortHandle::new_pair();
-            let retired = abort.clone();
-            let carrying = interest.clone();
-            let ending = interest.clone();
-            let feed: Feed = Abortable::new(subscriber, registration)
-                .map(move |message| Delivery::Message(carrying.clone(), message))
-                .chain(futures::stream::once(async move {
-                    Delivery::Ended {
-                        interest: ending,
-                        retired: retired.is_aborted(),
-                    }
-                }))
-                .boxed();
-            // The handler stops only with the node.
-            let _ = self.feeds.send(feed);
-            aborts.push(abort);
-            self.subscriptions.fetch_add(1, Ordering::Relaxed);
+            streams.push(drained_when(subscriber, retire.clone()).boxed());
         }
-        metrics::gauge!(telemetry::NATS_SUBSCRIPTIONS).set(self.subscription_count() as f64);
-        Ok(Entry {
-            pending: Arc::new(AtomicUsize::new(0)),
-            aborts,
-            last_wanted: Instant::now(),
-        })
+        let count = streams.len();
+        let messages = if count == 1 {
+            streams.swap_remove(0)
+        } else {
+            futures::stream::select_all(streams).boxed()
+        };
+        let carrying = interest.clone();
+        let retired = retire.clone();
+        let feed: Feed = messages
+            .map(move |message| Delivery::Message(carrying.clone(), message))
+            .chain(futures::stream::once(async move {
+                Delivery::Ended {
+                    interest,
+                    retired: retired.is_cancelled(),
+                }
+            }))
+            .boxed();
+        // The handler stops only with the node.
+        let _ = self.feeds.send(feed);
+        self.subscriptions.fetch_add(count, Ordering::Relaxed);
+        self.note_subscriptions();
+        Ok(Subscribed { retire, count })
     }
+}
+
+/// `subscriber`'s messages until `retire`, then those NATS sent before it heard of the
+/// unsubscription.
+fn drained_when(
+    subscriber: async_nats::Subscriber,
+    retire: CancellationToken,
+) -> impl futures::Stream<Item = async_nats::Message> {
+    futures::stream::unfold(
+        (subscriber, retire, false),
+        |(mut subscriber, retire, mut draining)| async move {
+            if !draining {
+                tokio::select! {
+                    biased;
+                    () = retire.cancelled() => {
+                        draining = true;
+                        if let Err(error) = subscriber.drain().await {
+                            tracing::debug!(%error, "cannot unsubscribe: the NATS client is closed");
+                        }
+                    }
+                    message = subscriber.next() => {
+                        return message.map(|message| (message, (subscriber, retire, false)));
+                    }
+                }
+            }
+            let message = subscriber.next().await?;
+            Some((message, (subscriber, retire, draining)))
+        },
+    )
 }

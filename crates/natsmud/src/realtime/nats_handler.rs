@@ -188,6 +188,58 @@ pub struct NatsMessageHandler {
     system_sequence: u64,
     ticks: TickFilter,
     refusals_log: Throttled,
+    /// The last stream position delivered of each place (see [`Delivered`]).
+    delivered: Delivered,
+}
+
+/// The last stream position delivered of each room (by its index), each sub-zone and the
+/// rest of the world. While the node changes what it listens to, two of its
+/// subscriptions bring a place's events for a moment, each in stream order: an event at
+/// or before the place's last position is one delivered already.
+#[derive(Default)]
+struct Delivered {
+    rooms: Vec<u64>,
+    sub_zones: HashMap<String, u64>,
+    world: u64,
+}
+
+impl Delivered {
+    /// Whether `offset` of `subject`'s place was delivered already; notes it if not.
+    fn again(&mut self, manager: &ConnectionManager, subject: &Subject<'_>, offset: u64) -> bool {
+        let through = if let Some(room) = subject.room() {
+            // A room of another world is refused anyway.
+            let Some(index) = manager.room_index(room) else {
+                return false;
+            };
+            if self.rooms.len() <= index {
+                self.rooms.resize(index + 1, 0);
+            }
+            &mut self.rooms[index]
+        } else if let Subject::Local(sub_zone) = *subject {
+            if !manager.has_sub_zone(sub_zone) {
+                return false;
+            }
+            if !self.sub_zones.contains_key(sub_zone) {
+                self.sub_zones.insert(sub_zone.to_owned(), 0);
+            }
+            match self.sub_zones.get_mut(sub_zone) {
+                Some(through) => through,
+                None => return false,
+            }
+        } else {
+            &mut self.world
+        };
+        if offset <= *through {
+            return true;
+        }
+        *through = offset;
+        false
+    }
+
+    /// The stream started over.
+    fn forget(&mut self) {
+        *self = Self::default();
+    }
 }
 
 impl NatsMessageHandler {
@@ -215,6 +267,7 @@ impl NatsMessageHandler {
             system_sequence: 0,
             ticks: TickFilter::new(tick_interval),
             refusals_log: Throttled::new(REFUSAL_LOG_EVERY),
+            delivered: Delivered::default(),
         }
     }
 
@@ -333,6 +386,7 @@ impl NatsMessageHandler {
         if current.is_some() && current != self.epoch {
             self.epoch = current;
             self.skip_through = 0;
+            self.delivered.forget();
             self.delivered_through.store(0, Ordering::Release);
         }
     }
@@ -378,6 +432,7 @@ impl NatsMessageHandler {
             let had_epoch = self.epoch.is_some();
             self.epoch = Some(bounds.epoch.clone());
             self.skip_through = 0;
+            self.delivered.forget();
             self.delivered_through.store(bounds.last, Ordering::Release);
             if had_epoch || self.manager.connected_count() > 0 {
                 lost("the event stream was created again (its events are gone)");
@@ -439,6 +494,10 @@ impl NatsMessageHandler {
         let subject = message.subject.as_str();
         if !interest.carries(&parsed) {
             // Another subscription of this node brings it too (ids that collide).
+            return;
+        }
+        if offset.is_some_and(|offset| self.delivered.again(&self.manager, &parsed, offset)) {
+            metrics::counter!(telemetry::EVENTS_HEARD_TWICE).increment(1);
             return;
         }
         if let Some(offset) = offset {

@@ -1030,3 +1030,26 @@ fn as_owner(mut command: Command, owner: Option<(u32, u32)>, dir: &Path) -> Comm
     command.current_dir(dir);
     command
 }
+
+/// A `say` in `room` published on NATS from outside natsmud, as player "talker-1".
+pub async fn say_from_outside(nats: &async_nats::Client, room: &str, message: &str, id: u64) {
+    let room = natsmud_protocol::RoomId::parse(room).unwrap();
+    let subject = natsmud_protocol::Subject::say(&room).render(&Default::default());
+    let speaker = natsmud_protocol::PlayerId::parse("talker-1").unwrap();
+    let envelope = natsmud_protocol::Envelope::new(
+        natsmud_protocol::EventType::ChatMessage,
+        natsmud_protocol::envelope::ChatMessageData {
+            channel: "say".into(),
+            sender_id: speaker.clone(),
+            player_name: "Talker".into(),
+            message: format!("Talker says: {message}"),
+            message_id: id.to_string(),
+            target_id: None,
+            target_name: None,
+            sub_zone: None,
+        },
+    )
+    .in_room(room)
+    .by_player(speaker);
+    nats.publish(subject, envelope.to_bytes()).await.unwrap();
+}
