@@ -99,10 +99,12 @@ pub struct Config {
 
     /// By interest: the share of the world's rooms and sub-zones (0 to 1) past which the
     /// node listens to the whole world instead of to each place — a subscription per place
-    /// costs the node about 6 KB, and hearing most of the world one place at a time saves
+    /// costs the node about 6 KB, and hearing much of the world one place at a time saves
     /// little traffic. It goes back to places when its players are in fewer than half as
-    /// many. 1: never.
-    #[arg(long, env = "NATSMUD_INTEREST_MAX_SHARE", default_value_t = 0.5, value_parser = parse_share)]
+    /// many. 1: never. (0.5 was tried: a dozen nodes switching with thousands of
+    /// subscriptions each in the middle of a login wave stalled their NATS server;
+    /// docs/performance.md.)
+    #[arg(long, env = "NATSMUD_INTEREST_MAX_SHARE", default_value_t = 0.2, value_parser = parse_share)]
     pub interest_max_share: f64,
 
     /// This node's id among the nodes serving the world: letters, digits, '_' and '-'.

@@ -221,6 +221,7 @@ pub async fn run_on(
     let delivered_through = handler.delivered_through();
     let (interests, feeds) = Interests::new(
         client.clone(),
+        manager.clone(),
         config.subject_prefix.clone(),
         config.subscriptions,
         config.interest_max_places(manager.place_count()),
@@ -304,11 +305,7 @@ pub async fn run_on(
         tokio::spawn(crate::telemetry::run_upkeep(handle, stop_services.clone()));
     }
     tokio::spawn(forget_idle_limits(state.clone(), stop_services.clone()));
-    tokio::spawn(
-        interests
-            .clone()
-            .run_upkeep(manager.clone(), stop_services.clone()),
-    );
+    tokio::spawn(interests.clone().run_upkeep(stop_services.clone()));
 
     let stop_http = CancellationToken::new();
     let net_settings = crate::net::Settings::from_config(&state.config);

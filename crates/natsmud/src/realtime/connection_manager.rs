@@ -116,6 +116,8 @@ impl RoomState {
 struct RoomSlot {
     id: RoomId,
     state: Mutex<RoomState>,
+    /// Whether the node listens to this room for its players (see [`ConnectionManager::listens_to`]).
+    listened: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -195,6 +197,7 @@ impl ConnectionManager {
                 .map(|id| RoomSlot {
                     id,
                     state: Mutex::new(RoomState::default()),
+                    listened: AtomicBool::new(true),
                 })
                 .collect(),
             room_index,
@@ -219,6 +222,31 @@ impl ConnectionManager {
     /// The room index of a room of this world.
     pub fn room_index(&self, room: &str) -> Option<usize> {
         self.room_index.get(room).copied()
+    }
+
+    /// Whether events of `room` are for this node: a node that listens to the whole
+    /// world while subscribing by interest hears every room, and drops the events of those
+    /// it would not have subscribed to before reading them (they cost it no more than
+    /// they did when it subscribed to rooms one by one). Every room is listened to until
+    /// [`ConnectionManager::set_listened`] says otherwise.
+    pub fn listens_to(&self, room: &str) -> bool {
+        self.room_index(room)
+            .is_none_or(|index| self.rooms[index].listened.load(Ordering::Acquire))
+    }
+
+    /// For a node that subscribes by interest: no room until its players want one.
+    pub fn listen_to_no_room(&self) {
+        for slot in &self.rooms {
+            slot.listened.store(false, Ordering::Release);
+        }
+    }
+
+    pub fn set_listened(&self, room: &str, listened: bool) {
+        if let Some(index) = self.room_index(room) {
+            self.rooms[index]
+                .listened
+                .store(listened, Ordering::Release);
+        }
     }
 
     /// Rooms and sub-zones of the world.

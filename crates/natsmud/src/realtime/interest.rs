@@ -95,10 +95,14 @@ struct Places {
     /// Listening to the whole world rather than to each place (its players are in too
     /// many of them, or `--subscriptions all`).
     wide: bool,
+    /// What a switch replaced, let go once NATS has answered (see [`Interests::let_go`]).
+    leaving: Vec<Subscribed>,
 }
 
 pub struct Interests {
     client: async_nats::Client,
+    /// Told which rooms the node listens to, for its handler.
+    manager: Arc<ConnectionManager>,
     prefix: SubjectPrefix,
     mode: SubscriptionMode,
     /// Past this many rooms and sub-zones the node listens to the whole world instead;
@@ -108,7 +112,9 @@ pub struct Interests {
     /// races a player on its way in.
     places: tokio::sync::Mutex<Places>,
     feeds: mpsc::UnboundedSender<Feed>,
-    subscriptions: AtomicUsize,
+    subscriptions: Arc<AtomicUsize>,
+    /// Subscriptions to let go, a few at a time (see [`let_go_gradually`]).
+    retiring: mpsc::UnboundedSender<Subscribed>,
 }
 
 /// Keeps the places a player is entering subscribed until it is in them.
@@ -154,13 +160,21 @@ impl Interests {
     /// than `wide_above` rooms and sub-zones.
     pub fn new(
         client: async_nats::Client,
+        manager: Arc<ConnectionManager>,
         prefix: SubjectPrefix,
         mode: SubscriptionMode,
         wide_above: usize,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Feed>) {
         let (feeds, receiver) = mpsc::unbounded_channel();
+        let subscriptions = Arc::new(AtomicUsize::new(0));
+        let (retiring, to_retire) = mpsc::unbounded_channel();
+        tokio::spawn(let_go_gradually(to_retire, subscriptions.clone()));
+        if mode == SubscriptionMode::Interest {
+            manager.listen_to_no_room();
+        }
         let interests = Arc::new(Self {
             client,
+            manager,
             prefix,
             mode,
             wide_above,
@@ -168,9 +182,11 @@ impl Interests {
                 entries: HashMap::new(),
                 always: None,
                 wide: mode == SubscriptionMode::All,
+                leaving: Vec::new(),
             }),
             feeds,
-            subscriptions: AtomicUsize::new(0),
+            subscriptions: subscriptions.clone(),
+            retiring,
         });
         (interests, receiver)
     }
@@ -232,6 +248,9 @@ impl Interests {
                 places
                     .entries
                     .insert(interest.clone(), Entry::new(subscribed));
+                if let Interest::Room(room) = &interest {
+                    self.manager.set_listened(room, true);
+                }
                 wanted.fresh = true;
             }
             if let Some(entry) = places.entries.get_mut(&interest) {
@@ -246,16 +265,18 @@ impl Interests {
     /// Listens to the whole world, then lets each place's subscriptions go.
     async fn widen(&self, places: &mut Places) -> Result<(), SubscribeError> {
         let everything = self.subscribe(Interest::Everything).await?;
-        if let Some(world) = places.always.replace(everything) {
-            self.retire(world);
-        }
-        for entry in places.entries.values_mut() {
-            if let Some(subscribed) = entry.subscribed.take() {
-                self.retire(subscribed);
-            }
-        }
+        let replaced = places.always.replace(everything);
+        places.leaving.extend(replaced);
+        let Places {
+            entries, leaving, ..
+        } = places;
+        leaving.extend(
+            entries
+                .values_mut()
+                .filter_map(|entry| entry.subscribed.take()),
+        );
         places.wide = true;
-        self.note_subscriptions();
+        self.let_go(places).await;
         tracing::info!(
             places = places.entries.len(),
             most = self.wide_above,
@@ -288,14 +309,11 @@ impl Interests {
             self.note_subscriptions();
             return Err(error);
         }
-        // Every subscription is with the client before the first drain is asked for, so
-        // NATS registers them before it lets the whole world go.
         for (interest, subscribed) in made {
             match interest {
                 None => {
-                    if let Some(everything) = places.always.replace(subscribed) {
-                        self.retire(everything);
-                    }
+                    let replaced = places.always.replace(subscribed);
+                    places.leaving.extend(replaced);
                 }
                 Some(interest) => {
                     if let Some(entry) = places.entries.get_mut(&interest) {
@@ -305,7 +323,7 @@ impl Interests {
             }
         }
         places.wide = false;
-        self.note_subscriptions();
+        self.let_go(places).await;
         tracing::info!(
             places = places.entries.len(),
             "players in fewer places: listening to each of them again"
@@ -313,21 +331,53 @@ impl Interests {
         Ok(())
     }
 
+    /// Drains the subscriptions a switch replaced once NATS has answered a request sent
+    /// after the new ones were made. A NATS server handles a connection's requests in
+    /// order and writes to it in order, so by then it has registered the new
+    /// subscriptions (whatever it delivers next reaches them) and everything it delivered
+    /// to the old ones before has been read into them, where draining keeps it. (A
+    /// flush is not enough: async-nats's only waits for the socket. And async-nats
+    /// forgets a drained subscription right after sending the unsubscription: a message
+    /// on its way to it would be lost if NATS had not registered the new ones first.)
+    /// Without an answer they are kept, heard twice, and let go at the next upkeep.
+    async fn let_go(&self, places: &mut Places) {
+        if places.leaving.is_empty() {
+            return;
+        }
+        // JetStream's account information: an answer any node may ask for.
+        let asked = async_nats::jetstream::new(self.client.clone());
+        match tokio::time::timeout(SUBSCRIBE_WAIT, asked.query_account()).await {
+            Ok(Ok(_)) => {
+                for subscribed in places.leaving.drain(..) {
+                    self.retire(subscribed);
+                }
+            }
+            _ => tracing::debug!(
+                held = places.leaving.len(),
+                "NATS has not answered; the replaced subscriptions are kept a while"
+            ),
+        }
+        self.note_subscriptions();
+    }
+
     fn retire(&self, subscribed: Subscribed) {
-        subscribed.retire.cancel();
-        self.subscriptions
-            .fetch_sub(subscribed.count, Ordering::Relaxed);
+        if let Err(unsent) = self.retiring.send(subscribed) {
+            // The node is stopping.
+            unsent.0.retire.cancel();
+        }
     }
 
     fn note_subscriptions(&self) {
-        metrics::gauge!(telemetry::NATS_SUBSCRIPTIONS).set(self.subscription_count() as f64);
+        note_subscriptions(&self.subscriptions);
     }
 
     /// Forgets the rooms and sub-zones where this node has had nobody for `idle` (as
     /// seen by these calls: call it more often than `idle`), unsubscribing from them; and
     /// goes back from the whole world to places when they are few again.
-    pub async fn retire_unused(&self, manager: &ConnectionManager, idle: Duration) {
+    pub async fn retire_unused(&self, idle: Duration) {
+        let manager = &self.manager;
         let mut places = self.places.lock().await;
+        self.let_go(&mut places).await;
         let before = places.entries.len();
         let mut retiring = Vec::new();
         places.entries.retain(|interest, entry| {
@@ -344,6 +394,9 @@ impl Interests {
             let unused = entry.last_wanted.elapsed() >= idle;
             if unused {
                 retiring.extend(entry.subscribed.take());
+                if let Interest::Room(room) = interest {
+                    manager.set_listened(room, false);
+                }
             }
             !unused
         });
@@ -368,11 +421,7 @@ impl Interests {
     }
 
     /// Retires unused places now and then, until `stop`.
-    pub async fn run_upkeep(
-        self: Arc<Self>,
-        manager: Arc<ConnectionManager>,
-        stop: CancellationToken,
-    ) {
+    pub async fn run_upkeep(self: Arc<Self>, stop: CancellationToken) {
         if self.mode == SubscriptionMode::All {
             return;
         }
@@ -382,7 +431,7 @@ impl Interests {
             tokio::select! {
                 () = stop.cancelled() => return,
                 // Two checks apart: a place is let go 5 to 10 s after its last player left.
-                _ = every.tick() => self.retire_unused(&manager, 2 * RETIRE_EVERY).await,
+                _ = every.tick() => self.retire_unused(2 * RETIRE_EVERY).await,
             }
         }
     }
@@ -433,6 +482,34 @@ impl Interests {
         self.note_subscriptions();
         Ok(Subscribed { retire, count })
     }
+}
+
+/// Most subscriptions let go at once, and how often: a NATS server handles a connection's
+/// unsubscriptions in the same loop as its publishes, and thousands at once (a switch to
+/// the whole world drains every room's) held a node's publishes and presence writes up for
+/// seconds there — long enough for the node's heartbeat to expire.
+const LET_GO_AT_ONCE: usize = 100;
+const LET_GO_EVERY: Duration = Duration::from_millis(100);
+
+/// Drains the subscriptions handed to it, [`LET_GO_AT_ONCE`] per [`LET_GO_EVERY`].
+async fn let_go_gradually(
+    mut retiring: mpsc::UnboundedReceiver<Subscribed>,
+    subscriptions: Arc<AtomicUsize>,
+) {
+    let mut batch = Vec::with_capacity(LET_GO_AT_ONCE);
+    while retiring.recv_many(&mut batch, LET_GO_AT_ONCE).await > 0 {
+        for subscribed in batch.drain(..) {
+            subscribed.retire.cancel();
+            subscriptions.fetch_sub(subscribed.count, Ordering::Relaxed);
+        }
+        note_subscriptions(&subscriptions);
+        tokio::time::sleep(LET_GO_EVERY).await;
+    }
+}
+
+fn note_subscriptions(subscriptions: &AtomicUsize) {
+    metrics::gauge!(telemetry::NATS_SUBSCRIPTIONS)
+        .set(subscriptions.load(Ordering::Relaxed) as f64);
 }
 
 /// `subscriber`'s messages until `retire`, then those NATS sent before it heard of the

@@ -402,6 +402,13 @@ impl NatsMessageHandler {
             // Delivered already, by catching up.
             return;
         }
+        if parsed
+            .room()
+            .is_some_and(|room| !self.manager.listens_to(room))
+        {
+            // Heard only because the node listens to the whole world.
+            return;
+        }
         self.route(interest, parsed, message, offset);
     }
 
