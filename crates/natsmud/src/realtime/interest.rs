@@ -15,6 +15,10 @@
 //! Rooms and sub-zones left empty are unsubscribed a while later
 //! ([`Interests::retire_unused`]), not at once, so players walking through a room do not
 //! make the node subscribe and unsubscribe at every step.
+//!
+//! A node whose players are in more than a share of the world's places listens to the
+//! whole world instead, on two subscriptions, and to each place again once they are in
+//! few ([`Interests::want`], [`Interests::retire_unused`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
