@@ -12,7 +12,9 @@
 //! - `slow_consumer_disconnects_total`, `ticks_total`, `ticks_failed_total`.
 //! - `nats_connected` (gauge, 0/1), `nats_reconnects_total`, `nats_slow_consumer_total`.
 //! - `presence_lost_total`: times this node's heartbeat expired and its players were
-//!   closed; `presence_written_off_total`: players of dead nodes whose departure this node
+//!   closed; `heartbeat_renewed_total`: times it lapsed while the presence bucket could
+//!   not answer (a JetStream election) and was renewed, its players kept;
+//!   `presence_written_off_total`: players of dead nodes whose departure this node
 //!   announced; `tick_leader` (gauge, 0/1): whether this node holds the tick lease.
 //! - `nats_in_messages_total`, `nats_out_messages_total`, `nats_in_bytes_total`,
 //!   `nats_out_bytes_total`: the NATS client's own traffic counts (what this node receives
@@ -45,6 +47,7 @@ pub const NATS_RECONNECTS: &str = "natsmud_nats_reconnects_total";
 pub const NATS_SLOW_CONSUMER: &str = "natsmud_nats_slow_consumer_total";
 pub const NATS_SUBSCRIPTION_REFUSED: &str = "natsmud_nats_subscription_refused_total";
 pub const PRESENCE_LOST: &str = "natsmud_presence_lost_total";
+pub const HEARTBEAT_RENEWED: &str = "natsmud_heartbeat_renewed_total";
 pub const PRESENCE_WRITTEN_OFF: &str = "natsmud_presence_written_off_total";
 pub const TICK_LEADER: &str = "natsmud_tick_leader";
 pub const NATS_IN_MESSAGES: &str = "natsmud_nats_in_messages_total";
@@ -145,6 +148,10 @@ fn describe() {
     describe_counter!(
         PRESENCE_LOST,
         "Times this node's heartbeat expired and its players were closed"
+    );
+    describe_counter!(
+        HEARTBEAT_RENEWED,
+        "Times this node's heartbeat lapsed while presence could not answer and was renewed"
     );
     describe_counter!(
         PRESENCE_WRITTEN_OFF,

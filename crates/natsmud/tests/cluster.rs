@@ -457,6 +457,144 @@ async fn a_nats_cluster_losing_a_server_keeps_serving() {
     );
 }
 
+/// The NATS server leading the presence bucket dies. JetStream takes seconds to elect
+/// another leader, far past a node TTL of one second, so every node's heartbeat lapses
+/// while nobody can write: a lapse the outage explains is renewed, not taken for a dead
+/// node — no player is closed, nobody is written off, and the roster stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presence_leader_election_longer_than_the_node_ttl_closes_nobody() {
+    let mut cluster = NatsCluster::start(3).await;
+    let urls_a = cluster.urls_from(0);
+    let urls_b = cluster.urls_from(1);
+    let a = TestApp::spawn_with(move |config| {
+        config.nats_url = urls_a;
+        config.tick_interval_ms = 200;
+        config.tick_lease_secs = 1;
+        config.node_ttl_secs = 1;
+    })
+    .await;
+    let data_dir = a.data_dir.path().to_path_buf();
+    let b = TestApp::spawn_with(move |config| {
+        config.nats_url = urls_b;
+        config.data_dir = data_dir;
+        config.tick_interval_ms = 200;
+        config.tick_lease_secs = 1;
+        config.node_ttl_secs = 1;
+    })
+    .await;
+    let (mut alice, mut bob) = common::alice_and_bob(&a, &b).await;
+
+    let urls: Vec<String> = cluster.servers.iter().map(|s| s.url.clone()).collect();
+    let client = async_nats::connect(urls).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = format!(
+        "KV_{}",
+        natsmud::presence::bucket_name(&a.config.subject_prefix)
+    );
+    let leader = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.leader.clone())
+        .expect("the presence bucket has a leader");
+    let lost = leader
+        .strip_prefix('s')
+        .and_then(|n| n.parse::<usize>().ok())
+        .expect("servers are named s0, s1, s2");
+    let lost_at = Instant::now();
+    cluster.servers[lost].stop();
+
+    // Ticks stop while the lease cannot be renewed, and come back once a new leader is
+    // elected; all the while neither player may be closed.
+    let mut elected_after = None;
+    let deadline = Instant::now() + FAILOVER;
+    while elected_after.is_none() {
+        assert!(Instant::now() < deadline, "presence never came back");
+        for player in [&mut alice, &mut bob] {
+            while let Some(received) = player.next_within(Duration::from_millis(50)).await {
+                if let Received::Closed(close) = received {
+                    panic!("{} was closed: {close:?}", player.name);
+                }
+            }
+        }
+        let now_leading = match js.get_stream(&stream).await {
+            Ok(mut info) => info.info().await.ok().and_then(|info| {
+                info.cluster
+                    .as_ref()
+                    .and_then(|cluster| cluster.leader.clone())
+            }),
+            Err(_) => None,
+        };
+        if now_leading.is_some_and(|now| now != leader) {
+            elected_after = Some(lost_at.elapsed());
+        }
+    }
+    // Past the time the others would take to write a node off (twice the TTL) and then
+    // some, both are still here, both listed, and the tick is back.
+    let settled = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < settled {
+        for player in [&mut alice, &mut bob] {
+            if let Some(Received::Closed(close)) =
+                player.next_within(Duration::from_millis(50)).await
+            {
+                panic!("{} was closed: {close:?}", player.name);
+            }
+        }
+    }
+    for player in [&mut alice, &mut bob] {
+        assert_eq!(
+            player.reply("who").await.data["result"],
+            "Players online (2): Alice, Bob"
+        );
+        player.until_within(EventType::GameTick, FAILOVER).await;
+    }
+    println!("presence leader {leader} lost; another elected after {elected_after:?}");
+}
+
+/// The NATS server stalls past the node TTL (a pause of its machine): when it wakes,
+/// every node's heartbeat has expired at once, or their last writes were stored unanswered.
+/// A lapse this node saw the bucket cause is renewed, not taken for a dead node: nobody is
+/// closed or written off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_stalled_past_the_node_ttl_closes_nobody() {
+    let fast = |config: &mut natsmud::config::Config| {
+        config.tick_interval_ms = 200;
+        config.tick_lease_secs = 1;
+        config.node_ttl_secs = 1;
+    };
+    let a = TestApp::spawn_with(fast).await;
+    let b = a.another_node(fast).await;
+    let (mut alice, mut bob) = common::alice_and_bob(&a, &b).await;
+
+    a.nats.freeze();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    a.nats.thaw();
+    // Past the time the others take to write a node off after the bucket is back (twice
+    // the TTL) and then some.
+    let settled = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < settled {
+        for player in [&mut alice, &mut bob] {
+            if let Some(Received::Closed(close)) =
+                player.next_within(Duration::from_millis(50)).await
+            {
+                panic!("{} was closed: {close:?}", player.name);
+            }
+        }
+    }
+    for player in [&mut alice, &mut bob] {
+        assert_eq!(
+            player.reply("who").await.data["result"],
+            "Players online (2): Alice, Bob"
+        );
+        player.until_within(EventType::GameTick, FAILOVER).await;
+    }
+}
+
 /// How long a NATS server's loss may take to heal in the cluster tests: a JetStream
 /// stream leader election is a few seconds (more on a loaded 2-core CI machine).
 const FAILOVER: Duration = Duration::from_secs(30);

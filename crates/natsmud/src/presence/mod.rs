@@ -178,6 +178,11 @@ struct Inner {
     /// when it is back, so other nodes' players do not keep a ghost.
     unannounced: std::sync::Mutex<Vec<Departure>>,
     heartbeat: AtomicU64,
+    /// When the bucket last failed to answer this node (a JetStream leader election, a
+    /// lost connection). Heartbeats lapse in an outage longer than the node TTL without
+    /// any node dying: judging a node dead waits until the bucket has answered for a
+    /// while, and a node finding its own heartbeat lapsed renews it.
+    trouble: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// The newest bucket revision the watch has applied to the roster (0 after a restart).
     watched: tokio::sync::watch::Sender<u64>,
 }
@@ -228,6 +233,7 @@ impl Presence {
             lease_free: tokio::sync::Notify::new(),
             unannounced: std::sync::Mutex::new(Vec::new()),
             heartbeat: AtomicU64::new(0),
+            trouble: std::sync::Mutex::new(None),
             watched: tokio::sync::watch::Sender::new(0),
         }))
     }
@@ -270,6 +276,26 @@ impl Presence {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         true
+    }
+
+    fn troubled(&self) {
+        *self.0.trouble.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(tokio::time::Instant::now());
+    }
+
+    /// Whether the bucket has answered this node for `window` (since its last failure).
+    fn calm_for(&self, window: Duration) -> bool {
+        self.0
+            .trouble
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|since| since.elapsed() >= window)
+    }
+
+    /// How long after an outage a lapsed heartbeat is still the outage's doing: its node
+    /// renews it within a third of the TTL of the bucket's return, well inside this.
+    fn outage_settles(&self) -> Duration {
+        self.0.settings.node_ttl * 2
     }
 
     fn store(&self) -> Result<kv::Store, PresenceError> {
@@ -585,6 +611,7 @@ impl Presence {
                 result = attempt => result,
             };
             if let Err(error) = result {
+                self.troubled();
                 tracing::warn!(%error, "presence watch interrupted; starting it again");
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -637,12 +664,18 @@ impl Presence {
                         revision: entry.revision,
                     },
                 );
-                // Taken over by a login elsewhere (or by another connection here).
+                // Taken over by a login elsewhere (or by another connection here), or, as
+                // link-dead, by a node that took this one for dead: that player starts over.
+                let reason = if !ours && holder.connection == LINK_DEAD {
+                    CloseReason::EVENTS_LOST
+                } else {
+                    CloseReason::REPLACED
+                };
                 self.0.manager.kick_if_presence_older(
                     &player,
                     entry.revision,
                     ours.then_some(holder.connection),
-                    CloseReason::REPLACED,
+                    reason,
                 );
             }
         } else if entry.key == LEASE_KEY && removed {
@@ -691,6 +724,7 @@ impl Presence {
                 _ = every.tick() => {}
             }
             if self.store().is_err() {
+                self.troubled();
                 continue;
             }
             let held = self.0.heartbeat.load(Ordering::Acquire);
@@ -703,18 +737,14 @@ impl Presence {
             match written {
                 Ok(Written::Ok(revision)) => self.0.heartbeat.store(revision, Ordering::Release),
                 Ok(Written::Conflict) if held != 0 => {
-                    tracing::error!(
-                        "this node's heartbeat expired; the others have written its players off: closing them"
-                    );
-                    metrics::counter!(telemetry::PRESENCE_LOST).increment(1);
-                    self.0.manager.kick_all(CloseReason::EVENTS_LOST);
-                    self.0.heartbeat.store(0, Ordering::Release);
+                    self.heartbeat_conflict(&key, &value, ttl).await;
                 }
                 Ok(Written::Conflict) => tracing::error!(
                     node = %self.0.own.node,
                     "another node with this node id is alive; give every node its own --node-id"
                 ),
                 Err(error) => {
+                    self.troubled();
                     tracing::warn!(%error, "could not renew this node's heartbeat");
                 }
             }
@@ -723,6 +753,41 @@ impl Presence {
         let held = self.0.heartbeat.load(Ordering::Acquire);
         if held != 0 {
             let _ = self.write(&key, Bytes::new(), held, None, true).await;
+        }
+    }
+
+    /// This node's heartbeat is not at the revision it last wrote.
+    async fn heartbeat_conflict(&self, key: &str, value: &Bytes, ttl: Duration) {
+        match self.entry(key).await {
+            // A write of ours that timed out and was stored all the same.
+            Ok(Some((revision, Some(stored)))) if stored == *value => {
+                self.0.heartbeat.store(revision, Ordering::Release);
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                self.troubled();
+                return;
+            }
+        }
+        if self.calm_for(self.outage_settles()) {
+            tracing::error!(
+                "this node's heartbeat expired; the others have written its players off: closing them"
+            );
+            metrics::counter!(telemetry::PRESENCE_LOST).increment(1);
+            self.0.manager.kick_all(CloseReason::EVENTS_LOST);
+            self.0.heartbeat.store(0, Ordering::Release);
+            return;
+        }
+        // It lapsed while nobody could write (every node's did), and the others wait for
+        // the bucket to settle before judging a node: renewed now, this node's players
+        // stay. One that another node took over meanwhile (if this node alone was cut
+        // off) is closed when the watch brings that entry.
+        tracing::warn!("this node's heartbeat lapsed while presence was unavailable; renewing it");
+        metrics::counter!(telemetry::HEARTBEAT_RENEWED).increment(1);
+        self.0.heartbeat.store(0, Ordering::Release);
+        if let Ok(Written::Ok(revision)) = self.create(key, value.clone(), Some(ttl)).await {
+            self.0.heartbeat.store(revision, Ordering::Release);
         }
     }
 
@@ -797,7 +862,14 @@ impl Presence {
                 continue;
             }
             let grace = self.0.settings.link_dead_grace;
-            for (player, seen) in self.0.roster.orphans(&self.0.own) {
+            // A node whose heartbeat went while the bucket could not answer us either may
+            // only have been unable to renew it: it gets the time to.
+            let orphans = if self.calm_for(self.outage_settles()) {
+                self.0.roster.orphans(&self.0.own)
+            } else {
+                Vec::new()
+            };
+            for (player, seen) in orphans {
                 if grace.is_zero() {
                     self.write_off(&publisher, &player, &seen).await;
                 } else {

@@ -126,6 +126,26 @@ impl NatsServer {
     }
 }
 
+impl NatsServer {
+    /// Freezes the server (SIGSTOP): its sockets stay open and nothing answers, as in a
+    /// long pause of its machine.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+    }
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
