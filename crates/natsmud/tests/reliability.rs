@@ -76,6 +76,50 @@ async fn a_thirty_second_nats_outage_is_ridden_out() {
     say_until_heard(&mut alice, &mut bob, "we are back").await;
 }
 
+/// NATS stalls while a move's presence write is on its way: the node gives up on the
+/// answer and refuses the move, and the write is stored when NATS wakes. The player's next
+/// move finds the entry a revision ahead of what its connection holds, written by that
+/// same connection: not a takeover (the node closed it with 4001 `replaced` and an
+/// `internal` error before), and the move goes through.
+#[tokio::test]
+async fn a_move_whose_answer_a_stall_lost_is_not_taken_for_a_takeover() {
+    let app = TestApp::spawn().await;
+    let start = common::world().start_room.to_string();
+    let (direction, next_room) = common::some_exit(&start);
+    let mut alice = app.join("Alice").await;
+
+    app.nats.freeze();
+    alice.command(&format!("go {direction}")).await;
+    let refused = alice
+        .until_within(EventType::Error, Duration::from_secs(15))
+        .await;
+    assert_eq!(
+        refused.data_str("code"),
+        "event_bus_unavailable",
+        "{refused:?}"
+    );
+    app.nats.thaw();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    alice.command(&format!("go {direction}")).await;
+    loop {
+        match alice.next_within(Duration::from_secs(10)).await {
+            Some(common::Received::Frame(frame)) if frame.event_type == EventType::RoomUpdate => {
+                assert_eq!(frame.room_id.as_deref(), Some(next_room.as_str()));
+                break;
+            }
+            Some(common::Received::Frame(frame)) => {
+                assert_ne!(frame.event_type, EventType::Error, "{frame:?}");
+            }
+            other => panic!("no room_update: {other:?}"),
+        }
+    }
+    assert_eq!(
+        alice.reply("who").await.data["result"],
+        "Players online (1): Alice"
+    );
+}
+
 #[tokio::test]
 async fn a_server_started_without_nats_reports_degraded_and_heals() {
     // A port with no NATS on it yet.

@@ -365,13 +365,27 @@ impl Presence {
         let sent = self
             .0
             .js
-            .publish_with_headers(subject, headers, value)
+            .publish_with_headers(subject, headers, value.clone())
             .await
             .map_err(|e| PresenceError::Unavailable(e.to_string()))?;
         match sent.await {
             Ok(ack) => Ok(Written::Ok(ack.sequence)),
             Err(error) => match error.kind() {
                 jetstream::context::PublishErrorKind::WrongLastSequence => Ok(Written::Conflict),
+                // The answer is lost, not necessarily the write: one stored all the same
+                // and taken for failed would leave the key a revision ahead of its
+                // writer (its next write refused as if another had taken the key) and
+                // saying what its writer thinks did not happen.
+                jetstream::context::PublishErrorKind::TimedOut if !delete => {
+                    match self.entry(key).await {
+                        Ok(Some((revision, Some(stored))))
+                            if revision > expected && stored == value =>
+                        {
+                            Ok(Written::Ok(revision))
+                        }
+                        _ => Err(PresenceError::Unavailable(error.to_string())),
+                    }
+                }
                 _ => Err(PresenceError::Unavailable(error.to_string())),
             },
         }
@@ -460,18 +474,57 @@ impl Presence {
         connection: u64,
         revision: u64,
     ) -> Result<u64, PresenceError> {
+        self.moved_from(player, name, room, connection, connection, revision)
+            .await
+    }
+
+    /// [`Presence::moved`] by the connection `holder` (the one at `revision`) writing an
+    /// entry for `connection`.
+    async fn moved_from(
+        &self,
+        player: &PlayerId,
+        name: &PlayerName,
+        room: &RoomId,
+        connection: u64,
+        holder: u64,
+        revision: u64,
+    ) -> Result<u64, PresenceError> {
         self.store()?;
+        let key = player_key(player.as_str());
         let bytes = to_bytes(&self.record(name, room, connection));
-        match self
-            .write(&player_key(player.as_str()), bytes, revision, None, false)
-            .await?
-        {
-            Written::Ok(revision) => {
-                self.note(player, name, room, connection, revision);
-                Ok(revision)
+        let mut expected = revision;
+        for _ in 0..2 {
+            match self
+                .write(&key, bytes.clone(), expected, None, false)
+                .await?
+            {
+                Written::Ok(revision) => {
+                    self.note(player, name, room, connection, revision);
+                    return Ok(revision);
+                }
+                Written::Conflict => {
+                    // A write of this same connection's whose answer never came (it gave
+                    // up on it) may hold the key: then nobody took the player over.
+                    match self.entry(&key).await? {
+                        Some((newer, Some(value))) if self.written_by(&value, holder) => {
+                            expected = newer;
+                        }
+                        _ => return Err(PresenceError::Taken),
+                    }
+                }
             }
-            Written::Conflict => Err(PresenceError::Taken),
         }
+        Err(PresenceError::Taken)
+    }
+
+    /// Whether a player entry was written by this node's connection `connection` (in this
+    /// run of the node).
+    fn written_by(&self, value: &[u8], connection: u64) -> bool {
+        serde_json::from_slice::<PlayerRecord>(value).is_ok_and(|record| {
+            record.connection == connection
+                && record.node == *self.0.own.node
+                && record.incarnation == *self.0.own.incarnation
+        })
     }
 
     /// Removes the player's entry if this connection (at `revision`) still holds it. True
@@ -505,9 +558,11 @@ impl Presence {
         player: &PlayerId,
         name: &PlayerName,
         room: &RoomId,
+        connection: u64,
         revision: u64,
     ) -> Result<u64, PresenceError> {
-        self.moved(player, name, room, LINK_DEAD, revision).await
+        self.moved_from(player, name, room, LINK_DEAD, connection, revision)
+            .await
     }
 
     /// The grace a link-dead player gets (zero: none).

@@ -401,7 +401,7 @@ async fn kept_link_dead(app: &AppState, conn: &ConnectionHandle, room: &RoomId) 
     }
     match app
         .presence
-        .link_dead(&conn.player_id, &conn.name, room, held)
+        .link_dead(&conn.player_id, &conn.name, room, conn.connection, held)
         .await
     {
         Ok(_) => {
