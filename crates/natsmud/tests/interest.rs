@@ -256,3 +256,51 @@ async fn a_node_listens_to_the_whole_world_while_its_players_are_in_much_of_it_l
     );
     assert_eq!(heard, expected);
 }
+
+/// An event published straight onto the live subjects (where only the stream should
+/// publish: operators deny them to clients, docs/protocol.md) with a position far ahead of
+/// the stream's does not silence its room: the check against events heard twice applies
+/// only while a change of subscriptions makes two of them bring a place.
+#[tokio::test]
+async fn a_forged_far_ahead_position_does_not_silence_a_room() {
+    let a = TestApp::spawn().await;
+    let mut alice = a.join("Alice").await;
+    let room = natsmud_protocol::RoomId::parse(&alice.room).unwrap();
+    let nats = a.outside_client().await;
+
+    let subject = natsmud_protocol::Subject::say(&room).render(&Default::default());
+    let speaker = natsmud_protocol::PlayerId::parse("forger-1").unwrap();
+    let forged = natsmud_protocol::Envelope::new(
+        EventType::ChatMessage,
+        natsmud_protocol::envelope::ChatMessageData {
+            channel: "say".into(),
+            sender_id: speaker.clone(),
+            player_name: "Forger".into(),
+            message: "Forger says: from the future".into(),
+            message_id: "1".into(),
+            target_id: None,
+            target_name: None,
+            sub_zone: None,
+        },
+    )
+    .in_room(room.clone())
+    .by_player(speaker);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_SEQUENCE, "1000000000000");
+    nats.publish_with_headers(
+        natsmud_protocol::subject::live(&subject),
+        headers,
+        forged.to_bytes(),
+    )
+    .await
+    .unwrap();
+    nats.flush().await.unwrap();
+    let heard = alice.until(EventType::ChatMessage).await;
+    assert_eq!(heard.data["message"], "Forger says: from the future");
+
+    common::say_from_outside(&nats, room.as_str(), "still heard", 2).await;
+    let heard = alice
+        .until_within(EventType::ChatMessage, Duration::from_secs(10))
+        .await;
+    assert_eq!(heard.data["message"], "Talker says: still heard");
+}

@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -43,10 +43,12 @@ const RETIRE_EVERY: Duration = Duration::from_secs(5);
 /// What one subscription brings the NATS handler.
 pub enum Delivery {
     Message(Arc<Interest>, async_nats::Message),
-    /// The subscription ended: `retired` when this node dropped it on purpose.
+    /// The subscription ended: `retired` when this node dropped it on purpose, `replaced`
+    /// when a switch did (see [`Interests::overlapping`]).
     Ended {
         interest: Arc<Interest>,
         retired: bool,
+        replaced: bool,
     },
 }
 
@@ -68,6 +70,8 @@ pub enum SubscriptionMode {
 struct Subscribed {
     retire: CancellationToken,
     count: usize,
+    /// Set when a switch replaces it: its feed ending then ends an overlap.
+    replaced: Arc<AtomicBool>,
 }
 
 struct Entry {
@@ -117,6 +121,9 @@ pub struct Interests {
     places: tokio::sync::Mutex<Places>,
     feeds: mpsc::UnboundedSender<Feed>,
     subscriptions: Arc<AtomicUsize>,
+    /// Switches under way, and subscriptions replaced by one whose feed the handler has
+    /// not read to its end: while above zero two subscriptions may bring one place.
+    overlapping: Arc<AtomicUsize>,
     /// Subscriptions to let go, a few at a time (see [`let_go_gradually`]).
     retiring: mpsc::UnboundedSender<Subscribed>,
 }
@@ -190,6 +197,7 @@ impl Interests {
             }),
             feeds,
             subscriptions: subscriptions.clone(),
+            overlapping: Arc::new(AtomicUsize::new(0)),
             retiring,
         });
         (interests, receiver)
@@ -266,18 +274,45 @@ impl Interests {
         Ok(wanted)
     }
 
+    /// For the NATS handler: above zero while two of this node's subscriptions may bring
+    /// one place's events (a switch is under way, or a subscription it replaced is still
+    /// being read); the handler decrements it as each replaced feed ends. Only then does
+    /// it drop events at or before a place's last position: outside a switch one
+    /// subscription brings each place in stream order, and a position forged far ahead
+    /// (on `natsmud_live.>`) would otherwise silence its place for good.
+    pub fn overlapping(&self) -> Arc<AtomicUsize> {
+        self.overlapping.clone()
+    }
+
+    /// Counts a switch under way until the returned guard is dropped.
+    fn switching(&self) -> Switching {
+        self.overlapping.fetch_add(1, Ordering::AcqRel);
+        Switching(self.overlapping.clone())
+    }
+
+    /// A subscription a switch replaced: counted until its feed ends.
+    fn replacing(&self, subscribed: Subscribed) -> Subscribed {
+        subscribed.replaced.store(true, Ordering::Release);
+        self.overlapping.fetch_add(1, Ordering::AcqRel);
+        subscribed
+    }
+
     /// Listens to the whole world, then lets each place's subscriptions go.
     async fn widen(&self, places: &mut Places) -> Result<(), SubscribeError> {
+        let _switching = self.switching();
         let everything = self.subscribe(Interest::Everything).await?;
         let replaced = places.always.replace(everything);
-        places.leaving.extend(replaced);
+        places
+            .leaving
+            .extend(replaced.map(|replaced| self.replacing(replaced)));
         let Places {
             entries, leaving, ..
         } = places;
         leaving.extend(
             entries
                 .values_mut()
-                .filter_map(|entry| entry.subscribed.take()),
+                .filter_map(|entry| entry.subscribed.take())
+                .map(|replaced| self.replacing(replaced)),
         );
         places.wide = true;
         self.let_go(places).await;
@@ -292,6 +327,7 @@ impl Interests {
     /// Listens to each place again (and to what every node needs), then lets the whole
     /// world go. Nothing changes if a subscription fails.
     async fn narrow(&self, places: &mut Places) -> Result<(), SubscribeError> {
+        let _switching = self.switching();
         // `None`: what every node needs.
         let mut made: Vec<(Option<Interest>, Subscribed)> =
             Vec::with_capacity(places.entries.len() + 1);
@@ -317,7 +353,9 @@ impl Interests {
             match interest {
                 None => {
                     let replaced = places.always.replace(subscribed);
-                    places.leaving.extend(replaced);
+                    places
+                        .leaving
+                        .extend(replaced.map(|replaced| self.replacing(replaced)));
                 }
                 Some(interest) => {
                     if let Some(entry) = places.entries.get_mut(&interest) {
@@ -471,12 +509,15 @@ impl Interests {
         };
         let carrying = interest.clone();
         let retired = retire.clone();
+        let replaced = Arc::new(AtomicBool::new(false));
+        let was_replaced = replaced.clone();
         let feed: Feed = messages
             .map(move |message| Delivery::Message(carrying.clone(), message))
             .chain(futures::stream::once(async move {
                 Delivery::Ended {
                     interest,
                     retired: retired.is_cancelled(),
+                    replaced: was_replaced.load(Ordering::Acquire),
                 }
             }))
             .boxed();
@@ -484,7 +525,20 @@ impl Interests {
         let _ = self.feeds.send(feed);
         self.subscriptions.fetch_add(count, Ordering::Relaxed);
         self.note_subscriptions();
-        Ok(Subscribed { retire, count })
+        Ok(Subscribed {
+            retire,
+            count,
+            replaced,
+        })
+    }
+}
+
+/// A switch under way (see [`Interests::overlapping`]).
+struct Switching(Arc<AtomicUsize>);
+
+impl Drop for Switching {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -33,7 +33,7 @@ use natsmud_protocol::envelope::splice_sequence;
 use natsmud_protocol::ingress::{Refusal, Route, check};
 use natsmud_protocol::position::splice_position;
 use natsmud_protocol::{Interest, ORDER_HEADER, Subject, SubjectPrefix, parse_order};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -188,8 +188,10 @@ pub struct NatsMessageHandler {
     system_sequence: u64,
     ticks: TickFilter,
     refusals_log: Throttled,
-    /// The last stream position delivered of each place (see [`Delivered`]).
+    /// The last stream position delivered of each place (see [`Delivered`]), kept while
+    /// `overlapping` is above zero (`Interests::overlapping`).
     delivered: Delivered,
+    overlapping: Arc<AtomicUsize>,
 }
 
 /// The last stream position delivered of each room (by its index), each sub-zone and the
@@ -201,6 +203,7 @@ struct Delivered {
     rooms: Vec<u64>,
     sub_zones: HashMap<String, u64>,
     world: u64,
+    noted: bool,
 }
 
 impl Delivered {
@@ -233,6 +236,7 @@ impl Delivered {
             return true;
         }
         *through = offset;
+        self.noted = true;
         false
     }
 
@@ -268,6 +272,7 @@ impl NatsMessageHandler {
             ticks: TickFilter::new(tick_interval),
             refusals_log: Throttled::new(REFUSAL_LOG_EVERY),
             delivered: Delivered::default(),
+            overlapping: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -290,6 +295,7 @@ impl NatsMessageHandler {
         shutdown: CancellationToken,
         fatal: Arc<crate::nats::Fatal>,
     ) {
+        self.overlapping = interests.overlapping();
         if let Err(error) = interests.start().await {
             let _ = ready.send(());
             fatal.raise(format!("cannot subscribe to NATS: {error}"));
@@ -338,9 +344,14 @@ impl NatsMessageHandler {
                 Some(first) = live.next(), if !live.is_empty() => first,
             };
             let mut ended = None;
+            let mut replaced_ended = 0;
             let mut take = |delivery: Delivery| match delivery {
                 Delivery::Message(interest, message) => batch.push((interest, message)),
-                Delivery::Ended { retired: true, .. } => {}
+                Delivery::Ended {
+                    retired: true,
+                    replaced,
+                    ..
+                } => replaced_ended += usize::from(replaced),
                 Delivery::Ended { interest, .. } => ended = Some(interest),
             };
             take(first);
@@ -376,6 +387,13 @@ impl NatsMessageHandler {
             self.follow_epoch();
             for (interest, message) in batch.drain(..) {
                 self.handle(&interest, &message);
+            }
+            // Everything the replaced subscriptions brought is handled.
+            if replaced_ended > 0 {
+                self.overlapping.fetch_sub(replaced_ended, Ordering::AcqRel);
+            }
+            if self.delivered.noted && self.overlapping.load(Ordering::Acquire) == 0 {
+                self.delivered.forget();
             }
         }
     }
@@ -503,7 +521,10 @@ impl NatsMessageHandler {
             // Another subscription of this node brings it too (ids that collide).
             return;
         }
-        if offset.is_some_and(|offset| self.delivered.again(&self.manager, &parsed, offset)) {
+        let overlapping = self.overlapping.load(Ordering::Acquire) > 0;
+        if overlapping
+            && offset.is_some_and(|offset| self.delivered.again(&self.manager, &parsed, offset))
+        {
             metrics::counter!(telemetry::EVENTS_HEARD_TWICE).increment(1);
             return;
         }
