@@ -335,6 +335,25 @@ async fn one_tick_per_interval_across_three_nodes_even_when_the_leader_dies() {
     }
 }
 
+/// Two nodes of one world on the NATS servers at `urls_a` and `urls_b`, with a tick every
+/// 200 ms, a 1 s tick lease and a node TTL of `node_ttl_secs`: failures show in seconds.
+async fn fast_nodes_on(urls_a: String, urls_b: String, node_ttl_secs: u64) -> (TestApp, TestApp) {
+    let fast = move |config: &mut natsmud::config::Config, urls: String| {
+        config.nats_url = urls;
+        config.tick_interval_ms = 200;
+        config.tick_lease_secs = 1;
+        config.node_ttl_secs = node_ttl_secs;
+    };
+    let a = TestApp::spawn_with(move |config| fast(config, urls_a)).await;
+    let data_dir = a.data_dir.path().to_path_buf();
+    let b = TestApp::spawn_with(move |config| {
+        fast(config, urls_b);
+        config.data_dir = data_dir;
+    })
+    .await;
+    (a, b)
+}
+
 /// natsmud nodes on different servers of a NATS cluster; one server dies: the node that
 /// used it reconnects to another and keeps serving, presence and the tick lease survive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,22 +363,7 @@ async fn a_nats_cluster_losing_a_server_keeps_serving() {
     // only servers 1 and 2, so that losing server 0 touches node A alone.
     let urls_a = cluster.servers[0].url.clone();
     let urls_b = format!("{},{}", cluster.servers[1].url, cluster.servers[2].url);
-    let a = TestApp::spawn_with(move |config| {
-        config.nats_url = urls_a;
-        config.tick_interval_ms = 200;
-        config.tick_lease_secs = 1;
-        config.node_ttl_secs = 2;
-    })
-    .await;
-    let data_dir = a.data_dir.path().to_path_buf();
-    let b = TestApp::spawn_with(move |config| {
-        config.nats_url = urls_b;
-        config.data_dir = data_dir;
-        config.tick_interval_ms = 200;
-        config.tick_lease_secs = 1;
-        config.node_ttl_secs = 2;
-    })
-    .await;
+    let (a, b) = fast_nodes_on(urls_a, urls_b, 2).await;
     let (mut alice, mut bob) = common::alice_and_bob(&a, &b).await;
 
     // Node A's server goes away. Recovery takes a JetStream election when that server led
@@ -466,22 +470,7 @@ async fn a_presence_leader_election_longer_than_the_node_ttl_closes_nobody() {
     let mut cluster = NatsCluster::start(3).await;
     let urls_a = cluster.urls_from(0);
     let urls_b = cluster.urls_from(1);
-    let a = TestApp::spawn_with(move |config| {
-        config.nats_url = urls_a;
-        config.tick_interval_ms = 200;
-        config.tick_lease_secs = 1;
-        config.node_ttl_secs = 1;
-    })
-    .await;
-    let data_dir = a.data_dir.path().to_path_buf();
-    let b = TestApp::spawn_with(move |config| {
-        config.nats_url = urls_b;
-        config.data_dir = data_dir;
-        config.tick_interval_ms = 200;
-        config.tick_lease_secs = 1;
-        config.node_ttl_secs = 1;
-    })
-    .await;
+    let (a, b) = fast_nodes_on(urls_a, urls_b, 1).await;
     let (mut alice, mut bob) = common::alice_and_bob(&a, &b).await;
 
     let urls: Vec<String> = cluster.servers.iter().map(|s| s.url.clone()).collect();
@@ -536,23 +525,7 @@ async fn a_presence_leader_election_longer_than_the_node_ttl_closes_nobody() {
     }
     // Past the time the others would take to write a node off (twice the TTL) and then
     // some, both are still here, both listed, and the tick is back.
-    let settled = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < settled {
-        for player in [&mut alice, &mut bob] {
-            if let Some(Received::Closed(close)) =
-                player.next_within(Duration::from_millis(50)).await
-            {
-                panic!("{} was closed: {close:?}", player.name);
-            }
-        }
-    }
-    for player in [&mut alice, &mut bob] {
-        assert_eq!(
-            player.reply("who").await.data["result"],
-            "Players online (2): Alice, Bob"
-        );
-        player.until_within(EventType::GameTick, FAILOVER).await;
-    }
+    both_stay_for(&mut alice, &mut bob, Duration::from_secs(4)).await;
     println!("presence leader {leader} lost; another elected after {elected_after:?}");
 }
 
@@ -576,9 +549,14 @@ async fn a_nats_server_stalled_past_the_node_ttl_closes_nobody() {
     a.nats.thaw();
     // Past the time the others take to write a node off after the bucket is back (twice
     // the TTL) and then some.
-    let settled = Instant::now() + Duration::from_secs(6);
+    both_stay_for(&mut alice, &mut bob, Duration::from_secs(6)).await;
+}
+
+/// Neither player is closed for `settle`; then both are listed and ticks reach them.
+async fn both_stay_for(alice: &mut Player, bob: &mut Player, settle: Duration) {
+    let settled = Instant::now() + settle;
     while Instant::now() < settled {
-        for player in [&mut alice, &mut bob] {
+        for player in [&mut *alice, &mut *bob] {
             if let Some(Received::Closed(close)) =
                 player.next_within(Duration::from_millis(50)).await
             {
@@ -586,7 +564,7 @@ async fn a_nats_server_stalled_past_the_node_ttl_closes_nobody() {
             }
         }
     }
-    for player in [&mut alice, &mut bob] {
+    for player in [alice, bob] {
         assert_eq!(
             player.reply("who").await.data["result"],
             "Players online (2): Alice, Bob"
