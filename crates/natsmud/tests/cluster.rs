@@ -464,7 +464,9 @@ async fn a_nats_cluster_losing_a_server_keeps_serving() {
 /// The NATS server leading the presence bucket dies. JetStream takes seconds to elect
 /// another leader, far past a node TTL of one second, so every node's heartbeat lapses
 /// while nobody can write: a lapse the outage explains is renewed, not taken for a dead
-/// node — no player is closed, nobody is written off, and the roster stays whole.
+/// node — no player is closed, nobody is written off, and the roster stays whole. A player
+/// let in meanwhile (no entry could be written: nobody elsewhere sees her) is closed once
+/// the bucket answers, and logs in again properly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_presence_leader_election_longer_than_the_node_ttl_closes_nobody() {
     let mut cluster = NatsCluster::start(3).await;
@@ -497,6 +499,8 @@ async fn a_presence_leader_election_longer_than_the_node_ttl_closes_nobody() {
         .expect("servers are named s0, s1, s2");
     let lost_at = Instant::now();
     cluster.servers[lost].stop();
+    let mut carol = a.join("Carol").await;
+    let mut carol_closed = None;
 
     // Ticks stop while the lease cannot be renewed, and come back once a new leader is
     // elected; all the while neither player may be closed.
@@ -509,6 +513,13 @@ async fn a_presence_leader_election_longer_than_the_node_ttl_closes_nobody() {
                 if let Received::Closed(close) = received {
                     panic!("{} was closed: {close:?}", player.name);
                 }
+            }
+        }
+        while carol_closed.is_none()
+            && let Some(received) = carol.next_within(Duration::from_millis(50)).await
+        {
+            if let Received::Closed(close) = received {
+                carol_closed = Some(close);
             }
         }
         let now_leading = match js.get_stream(&stream).await {
@@ -525,7 +536,33 @@ async fn a_presence_leader_election_longer_than_the_node_ttl_closes_nobody() {
     }
     // Past the time the others would take to write a node off (twice the TTL) and then
     // some, both are still here, both listed, and the tick is back.
-    both_stay_for(&mut alice, &mut bob, Duration::from_secs(4)).await;
+    // Carol, let in while presence could not be written, was closed once it could be
+    // (nobody else saw her): she logs in again, and everyone sees her.
+    let close = match carol_closed {
+        Some(close) => close,
+        None => loop {
+            assert!(
+                Instant::now() < deadline + FAILOVER,
+                "Carol, let in without a presence entry, was never closed"
+            );
+            match carol.next_within(FAILOVER).await {
+                Some(Received::Closed(close)) => break close,
+                Some(Received::Frame(_)) => {}
+                None => panic!("Carol, let in without a presence entry, was never closed"),
+            }
+        },
+    };
+    let (code, reason) = close.expect("a close frame");
+    assert_eq!(code, 4008, "{reason}");
+    assert!(reason.starts_with("events_lost"), "{reason}");
+    let _carol = a.rejoin(&carol).await;
+    both_stay_for(
+        &mut alice,
+        &mut bob,
+        Duration::from_secs(4),
+        "Players online (3): Alice, Bob, Carol",
+    )
+    .await;
     println!("presence leader {leader} lost; another elected after {elected_after:?}");
 }
 
@@ -549,11 +586,17 @@ async fn a_nats_server_stalled_past_the_node_ttl_closes_nobody() {
     a.nats.thaw();
     // Past the time the others take to write a node off after the bucket is back (twice
     // the TTL) and then some.
-    both_stay_for(&mut alice, &mut bob, Duration::from_secs(6)).await;
+    both_stay_for(
+        &mut alice,
+        &mut bob,
+        Duration::from_secs(6),
+        "Players online (2): Alice, Bob",
+    )
+    .await;
 }
 
 /// Neither player is closed for `settle`; then both are listed and ticks reach them.
-async fn both_stay_for(alice: &mut Player, bob: &mut Player, settle: Duration) {
+async fn both_stay_for(alice: &mut Player, bob: &mut Player, settle: Duration, listed: &str) {
     let settled = Instant::now() + settle;
     while Instant::now() < settled {
         for player in [&mut *alice, &mut *bob] {
@@ -565,10 +608,7 @@ async fn both_stay_for(alice: &mut Player, bob: &mut Player, settle: Duration) {
         }
     }
     for player in [alice, bob] {
-        assert_eq!(
-            player.reply("who").await.data["result"],
-            "Players online (2): Alice, Bob"
-        );
+        assert_eq!(player.reply("who").await.data["result"], listed);
         player.until_within(EventType::GameTick, FAILOVER).await;
     }
 }

@@ -45,6 +45,10 @@ const LEASE_KEY: &str = "l.tick";
 /// bring the player back.
 const REMEMBER_DEPARTURES: Duration = Duration::from_secs(120);
 
+/// At most this many times [`Presence::outage_settles`] a dead node's players wait for a
+/// bucket that keeps failing to settle before they are written off all the same.
+const ORPHANS_WAIT_MOST: u32 = 3;
+
 /// An entry of this node's with no connection behind it (a release that failed while NATS
 /// was away) is removed once this old.
 const ORPHAN_GRACE: Duration = Duration::from_secs(10);
@@ -418,6 +422,8 @@ impl Presence {
         }
         match self.entry(key).await? {
             Some((marker, None)) => self.write(key, value, marker, ttl, false).await,
+            // A create of ours whose answer was lost (the value names this node's run).
+            Some((revision, Some(stored))) if stored == value => Ok(Written::Ok(revision)),
             _ => Ok(Written::Conflict),
         }
     }
@@ -474,11 +480,12 @@ impl Presence {
         connection: u64,
         revision: u64,
     ) -> Result<u64, PresenceError> {
-        self.moved_from(player, name, room, connection, connection, revision)
+        self.moved_from(player, name, room, connection, Some(connection), revision)
             .await
     }
 
-    /// [`Presence::moved`] by the connection `holder` (the one at `revision`) writing an
+    /// [`Presence::moved`] by the connection `holder` (the one at `revision`; `None`: not a
+    /// connection of this node's, as when taking a dead node's player over) writing an
     /// entry for `connection`.
     async fn moved_from(
         &self,
@@ -486,7 +493,7 @@ impl Presence {
         name: &PlayerName,
         room: &RoomId,
         connection: u64,
-        holder: u64,
+        holder: Option<u64>,
         revision: u64,
     ) -> Result<u64, PresenceError> {
         self.store()?;
@@ -506,7 +513,9 @@ impl Presence {
                     // A write of this same connection's whose answer never came (it gave
                     // up on it) may hold the key: then nobody took the player over.
                     match self.entry(&key).await? {
-                        Some((newer, Some(value))) if self.written_by(&value, holder) => {
+                        Some((newer, Some(value)))
+                            if holder.is_some_and(|holder| self.written_by(&value, holder)) =>
+                        {
                             expected = newer;
                         }
                         _ => return Err(PresenceError::Taken),
@@ -561,7 +570,7 @@ impl Presence {
         connection: u64,
         revision: u64,
     ) -> Result<u64, PresenceError> {
-        self.moved_from(player, name, room, LINK_DEAD, connection, revision)
+        self.moved_from(player, name, room, LINK_DEAD, Some(connection), revision)
             .await
     }
 
@@ -773,6 +782,7 @@ impl Presence {
         });
         let mut every = tokio::time::interval((ttl / 3).max(Duration::from_millis(200)));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -780,6 +790,7 @@ impl Presence {
             }
             if self.store().is_err() {
                 self.troubled();
+                failing = true;
                 continue;
             }
             let held = self.0.heartbeat.load(Ordering::Acquire);
@@ -800,7 +811,19 @@ impl Presence {
                 ),
                 Err(error) => {
                     self.troubled();
+                    failing = true;
                     tracing::warn!(%error, "could not renew this node's heartbeat");
+                    continue;
+                }
+            }
+            if std::mem::take(&mut failing) {
+                // Players let in meanwhile hold no entry: nobody elsewhere sees them.
+                let kicked = self.0.manager.kick_unclaimed(CloseReason::EVENTS_LOST);
+                if kicked > 0 {
+                    tracing::warn!(
+                        kicked,
+                        "presence answers again: closing the players let in without an entry, so they claim one"
+                    );
                 }
             }
         }
@@ -840,10 +863,11 @@ impl Presence {
         // off) is closed when the watch brings that entry.
         tracing::warn!("this node's heartbeat lapsed while presence was unavailable; renewing it");
         metrics::counter!(telemetry::HEARTBEAT_RENEWED).increment(1);
-        self.0.heartbeat.store(0, Ordering::Release);
-        if let Ok(Written::Ok(revision)) = self.create(key, value.clone(), Some(ttl)).await {
-            self.0.heartbeat.store(revision, Ordering::Release);
-        }
+        let renewed = match self.create(key, value.clone(), Some(ttl)).await {
+            Ok(Written::Ok(revision)) => revision,
+            _ => 0,
+        };
+        self.0.heartbeat.store(renewed, Ordering::Release);
     }
 
     /// Holds or seeks the tick lease (when the world has a tick).
@@ -902,6 +926,7 @@ impl Presence {
         let mut every =
             tokio::time::interval((self.0.settings.node_ttl / 2).max(Duration::from_millis(250)));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut orphans_waiting: Option<Instant> = None;
         let mut unheld: std::collections::HashMap<PlayerId, (u64, Instant)> =
             std::collections::HashMap::new();
         loop {
@@ -919,11 +944,17 @@ impl Presence {
             let grace = self.0.settings.link_dead_grace;
             // A node whose heartbeat went while the bucket could not answer us either may
             // only have been unable to renew it: it gets the time to.
-            let orphans = if self.calm_for(self.outage_settles()) {
-                self.0.roster.orphans(&self.0.own)
+            // Not forever, though: a bucket failing now and then (an overloaded server)
+            // must not keep a dead node's players listed.
+            let mut orphans = self.0.roster.orphans(&self.0.own);
+            if orphans.is_empty() || self.calm_for(self.outage_settles()) {
+                orphans_waiting = None;
             } else {
-                Vec::new()
-            };
+                let since = *orphans_waiting.get_or_insert_with(Instant::now);
+                if since.elapsed() < self.outage_settles() * ORPHANS_WAIT_MOST {
+                    orphans.clear();
+                }
+            }
             for (player, seen) in orphans {
                 if grace.is_zero() {
                     self.write_off(&publisher, &player, &seen).await;
@@ -975,7 +1006,7 @@ impl Presence {
             return;
         };
         if self
-            .moved(player, &seen.name, &room, LINK_DEAD, seen.revision)
+            .moved_from(player, &seen.name, &room, LINK_DEAD, None, seen.revision)
             .await
             .is_ok()
         {

@@ -703,6 +703,22 @@ impl ConnectionManager {
         }
     }
 
+    /// Closes the connections let in while presence could not be written (they hold no
+    /// entry, revision 0: nobody elsewhere sees them), so that they log in again and
+    /// claim one. Returns how many.
+    pub fn kick_unclaimed(&self, reason: CloseReason) -> usize {
+        let mut kicked = 0;
+        for shard in &self.shards {
+            for member in lock(shard).by_id.values() {
+                if member.presence.load(Ordering::Acquire) == 0 {
+                    member.kick.close(reason);
+                    kicked += 1;
+                }
+            }
+        }
+        kicked
+    }
+
     /// Stops new connections and closes every open one with `reason`.
     pub fn close_all(&self, reason: CloseReason) {
         self.shutting_down.store(true, Ordering::Release);

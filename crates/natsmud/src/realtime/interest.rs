@@ -275,8 +275,9 @@ impl Interests {
     }
 
     /// For the NATS handler: above zero while two of this node's subscriptions may bring
-    /// one place's events (a switch is under way, or a subscription it replaced is still
-    /// being read); the handler decrements it as each replaced feed ends. Only then does
+    /// one place's events (a switch is under way, or a subscription it replaced, or one
+    /// of a place let go, is still being read); the handler decrements it as each such
+    /// feed ends. Only then does
     /// it drop events at or before a place's last position: outside a switch one
     /// subscription brings each place in stream order, and a position forged far ahead
     /// (on `natsmud_live.>`) would otherwise silence its place for good.
@@ -290,7 +291,8 @@ impl Interests {
         Switching(self.overlapping.clone())
     }
 
-    /// A subscription a switch replaced: counted until its feed ends.
+    /// A subscription let go while another may bring the same places: counted until the
+    /// handler has read its feed to the end.
     fn replacing(&self, subscribed: Subscribed) -> Subscribed {
         subscribed.replaced.store(true, Ordering::Release);
         self.overlapping.fetch_add(1, Ordering::AcqRel);
@@ -344,7 +346,8 @@ impl Interests {
         .await;
         if let Err(error) = subscribed {
             for (_, subscribed) in made {
-                self.retire(subscribed);
+                // They may have brought what the whole world's subscription brings too.
+                self.retire(self.replacing(subscribed));
             }
             self.note_subscriptions();
             return Err(error);
@@ -443,7 +446,9 @@ impl Interests {
             !unused
         });
         for subscribed in retiring {
-            self.retire(subscribed);
+            // A player may come back before it is drained: the place subscribed again
+            // meanwhile is brought by both for a moment.
+            self.retire(self.replacing(subscribed));
         }
         if places.entries.len() != before {
             self.note_subscriptions();
