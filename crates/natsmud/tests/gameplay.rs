@@ -313,23 +313,10 @@ async fn a_move_answers_before_any_event_of_the_new_room_and_says_where_its_numb
     // Someone on another NATS connection talks in the busy room steadily.
     let nats = app.outside_client().await;
     let stop = tokio_util::sync::CancellationToken::new();
-    let talker = {
-        let stop = stop.clone();
-        let busy_room = busy_room.clone();
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.is_cancelled() {
-                n += 1;
-                common::say_from_outside(&nats, &busy_room, &n.to_string(), n).await;
-                // About 4,000 a second: dozens of events of the new room during each
-                // move, and no more than a test client starved of CPU (tests run in
-                // parallel) reads; faster, and it is cut off as a slow consumer, rightly.
-                if n.is_multiple_of(20) {
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                }
-            }
-        })
-    };
+    // About 4,000 a second: dozens of events of the new room during each move, and no
+    // more than a test client starved of CPU (tests run in parallel) reads; faster, and it
+    // is cut off as a slow consumer, rightly.
+    let talker = common::talk_until(nats, busy_room.clone(), 20, stop.clone());
 
     for _ in 0..15 {
         alice.command(&format!("go {there}")).await;

@@ -182,23 +182,8 @@ async fn a_node_listens_to_the_whole_world_while_its_players_are_in_much_of_it_l
     // A steady flow of numbered says in Carol's room, from outside, all along.
     let nats = a.outside_client().await;
     let stop = tokio_util::sync::CancellationToken::new();
-    let talker = {
-        let (nats, stop, home) = (nats.clone(), stop.clone(), home.clone());
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.is_cancelled() {
-                n += 1;
-                common::say_from_outside(&nats, &home, &n.to_string(), n).await;
-                // About 1,000 a second, so that some are said while two subscriptions
-                // bring the room.
-                if n.is_multiple_of(5) {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-            common::say_from_outside(&nats, &home, "end", n + 1).await;
-            n
-        })
-    };
+    // About 1,000 a second, so that some are said while two subscriptions bring the room.
+    let talker = common::talk_until(nats.clone(), home.clone(), 5, stop.clone());
     let listener = tokio::spawn(async move {
         let mut heard = Vec::new();
         loop {
@@ -246,6 +231,7 @@ async fn a_node_listens_to_the_whole_world_while_its_players_are_in_much_of_it_l
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
     let said = talker.await.unwrap();
+    common::say_from_outside(&nats, &home, "end", said + 1).await;
     let heard = listener.await.unwrap();
     let expected: Vec<u64> = (1..=said).collect();
     assert_eq!(
@@ -269,22 +255,7 @@ async fn a_forged_far_ahead_position_does_not_silence_a_room() {
     let nats = a.outside_client().await;
 
     let subject = natsmud_protocol::Subject::say(&room).render(&Default::default());
-    let speaker = natsmud_protocol::PlayerId::parse("forger-1").unwrap();
-    let forged = natsmud_protocol::Envelope::new(
-        EventType::ChatMessage,
-        natsmud_protocol::envelope::ChatMessageData {
-            channel: "say".into(),
-            sender_id: speaker.clone(),
-            player_name: "Forger".into(),
-            message: "Forger says: from the future".into(),
-            message_id: "1".into(),
-            target_id: None,
-            target_name: None,
-            sub_zone: None,
-        },
-    )
-    .in_room(room.clone())
-    .by_player(speaker);
+    let forged = common::say_envelope(&room, "forger-1", "Forger", "from the future", 1);
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(async_nats::header::NATS_SEQUENCE, "1000000000000");
     nats.publish_with_headers(

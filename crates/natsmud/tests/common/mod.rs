@@ -1055,21 +1055,54 @@ fn as_owner(mut command: Command, owner: Option<(u32, u32)>, dir: &Path) -> Comm
 pub async fn say_from_outside(nats: &async_nats::Client, room: &str, message: &str, id: u64) {
     let room = natsmud_protocol::RoomId::parse(room).unwrap();
     let subject = natsmud_protocol::Subject::say(&room).render(&Default::default());
-    let speaker = natsmud_protocol::PlayerId::parse("talker-1").unwrap();
-    let envelope = natsmud_protocol::Envelope::new(
+    let envelope = say_envelope(&room, "talker-1", "Talker", message, id);
+    nats.publish(subject, envelope.to_bytes()).await.unwrap();
+}
+
+/// What `name` (player `speaker`) saying `message` in `room` looks like on NATS.
+pub fn say_envelope(
+    room: &natsmud_protocol::RoomId,
+    speaker: &str,
+    name: &str,
+    message: &str,
+    id: u64,
+) -> natsmud_protocol::Envelope<natsmud_protocol::envelope::ChatMessageData> {
+    let speaker = natsmud_protocol::PlayerId::parse(speaker).unwrap();
+    natsmud_protocol::Envelope::new(
         natsmud_protocol::EventType::ChatMessage,
         natsmud_protocol::envelope::ChatMessageData {
             channel: "say".into(),
             sender_id: speaker.clone(),
-            player_name: "Talker".into(),
-            message: format!("Talker says: {message}"),
+            player_name: name.into(),
+            message: format!("{name} says: {message}"),
             message_id: id.to_string(),
             target_id: None,
             target_name: None,
             sub_zone: None,
         },
     )
-    .in_room(room)
-    .by_player(speaker);
-    nats.publish(subject, envelope.to_bytes()).await.unwrap();
+    .in_room(room.clone())
+    .by_player(speaker)
+}
+
+/// Says numbered lines (1, 2, …) in `room` from outside natsmud until `stop`, pausing 5 ms
+/// after every `burst` of them (200 a second times `burst`, at most). Returns how many it
+/// said.
+pub fn talk_until(
+    nats: async_nats::Client,
+    room: String,
+    burst: u64,
+    stop: tokio_util::sync::CancellationToken,
+) -> JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while !stop.is_cancelled() {
+            n += 1;
+            say_from_outside(&nats, &room, &n.to_string(), n).await;
+            if n.is_multiple_of(burst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        n
+    })
 }
