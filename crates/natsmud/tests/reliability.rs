@@ -120,6 +120,44 @@ async fn a_move_whose_answer_a_stall_lost_is_not_taken_for_a_takeover() {
     );
 }
 
+/// The same lost answer, then `quit`: the entry the refused move left is still the
+/// player's own, so the quit removes it and the room hears of the departure at once, from
+/// the room the player was in (before, the quit took the entry for another login's and
+/// said nothing; the sweep wrote the player off later, in the refused move's room).
+#[tokio::test]
+async fn a_quit_after_a_move_whose_answer_a_stall_lost_is_announced_at_once() {
+    let app = TestApp::spawn().await;
+    let start = common::world().start_room.to_string();
+    let (direction, _) = common::some_exit(&start);
+    let mut alice = app.join("Alice").await;
+    let mut bob = app.join("Bob").await;
+    alice.expect(EventType::PlayerEnteredGame).await;
+
+    app.nats.freeze();
+    alice.command(&format!("go {direction}")).await;
+    let refused = alice
+        .until_within(EventType::Error, Duration::from_secs(15))
+        .await;
+    assert_eq!(
+        refused.data_str("code"),
+        "event_bus_unavailable",
+        "{refused:?}"
+    );
+    app.nats.thaw();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    alice.command("quit").await;
+    let left = bob
+        .until_within(EventType::PlayerLeftGame, Duration::from_secs(5))
+        .await;
+    assert_eq!(left.data_str("player_name"), "Alice", "{left:?}");
+    assert_eq!(left.room_id.as_deref(), Some(start.as_str()), "{left:?}");
+    assert_eq!(
+        bob.reply("who").await.data["result"],
+        "Players online (1): Bob"
+    );
+}
+
 #[tokio::test]
 async fn a_server_started_without_nats_reports_degraded_and_heals() {
     // A port with no NATS on it yet.

@@ -536,26 +536,35 @@ impl Presence {
         })
     }
 
-    /// Removes the player's entry if this connection (at `revision`) still holds it. True
-    /// when it did: the departure is this connection's to announce.
-    pub async fn release(&self, player: &PlayerId, revision: u64) -> Result<bool, PresenceError> {
+    /// Removes the player's entry if this node's `connection` (at `revision`) still holds
+    /// it. The revision it removed when it did (the departure is this connection's to
+    /// announce); `None` when another connection holds the player.
+    pub async fn release(
+        &self,
+        player: &PlayerId,
+        connection: u64,
+        revision: u64,
+    ) -> Result<Option<u64>, PresenceError> {
         self.store()?;
-        match self
-            .write(
-                &player_key(player.as_str()),
-                Bytes::new(),
-                revision,
-                None,
-                true,
-            )
-            .await?
-        {
-            Written::Ok(_) => {
-                self.0.roster.remove(player, revision);
-                Ok(true)
+        let key = player_key(player.as_str());
+        let mut expected = revision;
+        for _ in 0..2 {
+            match self.write(&key, Bytes::new(), expected, None, true).await? {
+                Written::Ok(_) => {
+                    self.0.roster.remove(player, expected);
+                    return Ok(Some(expected));
+                }
+                // As in `moved_from`: a write of this connection's whose answer was lost
+                // (a refused move stored all the same) is still this connection's entry.
+                Written::Conflict => match self.entry(&key).await? {
+                    Some((newer, Some(value))) if self.written_by(&value, connection) => {
+                        expected = newer;
+                    }
+                    _ => return Ok(None),
+                },
             }
-            Written::Conflict => Ok(false),
         }
+        Ok(None)
     }
 
     /// Keeps the player in the world with no connection (link-dead) for the grace period,

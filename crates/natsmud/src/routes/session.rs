@@ -125,7 +125,10 @@ async fn attach_now(
             Ok(also) => listening.join(also),
             Err(error) => {
                 if presence != 0 {
-                    let _ = app.presence.release(&account.id, presence).await;
+                    let _ = app
+                        .presence
+                        .release(&account.id, connection, presence)
+                        .await;
                 }
                 return Err(error);
             }
@@ -181,7 +184,10 @@ async fn attach_now(
         Err(error) => {
             // Not let in after all: give the presence back (nobody was told of it).
             if presence != 0 {
-                let _ = app.presence.release(&account.id, presence).await;
+                let _ = app
+                    .presence
+                    .release(&account.id, connection, presence)
+                    .await;
             }
             return Err(error);
         }
@@ -439,14 +445,18 @@ async fn announce_departure(app: &AppState, conn: &ConnectionHandle, room: &Room
             .await;
         return;
     }
-    match app.presence.release(&conn.player_id, held).await {
-        Ok(true) => {
+    match app
+        .presence
+        .release(&conn.player_id, conn.connection, held)
+        .await
+    {
+        Ok(Some(released)) => {
             app.presence
-                .announce_departure(&app.publisher, departure(Some(held)))
+                .announce_departure(&app.publisher, departure(Some(released)))
                 .await;
         }
         // Another login (here or elsewhere) holds the player now: it never left.
-        Ok(false) => {}
+        Ok(None) => {}
         Err(error) => {
             tracing::warn!(%error, "could not release the player's presence; the sweep will");
         }
