@@ -111,6 +111,7 @@ async fn health_reports_nats_and_players() {
     assert_eq!(status, 200);
     assert_eq!(body["status"], "ok");
     assert_eq!(body["nats"], "connected");
+    assert_eq!(body["presence"], "ready");
     assert_eq!(body["connected_players"], 1);
     let (status, body) = app.get("/no/such/thing").await;
     assert_eq!(status, 404);

@@ -129,22 +129,29 @@ async fn two_logins_racing_on_two_nodes_end_with_one_connection() {
     let mut bob = a.join("Bob").await;
     let alice = a.register("Alice").await;
     for _ in 0..10 {
-        let (one, two) = tokio::join!(a.connect(&alice), b.connect(&alice));
-        let mut open = Vec::new();
-        for mut player in [one, two] {
-            let mut closed = false;
-            while let Some(received) = player.next_within(Duration::from_millis(1500)).await {
-                if let Received::Closed(close) = received {
-                    assert_eq!(close.map(|(code, _)| code), Some(4001));
-                    closed = true;
-                    break;
-                }
+        let (mut one, mut two) = tokio::join!(a.connect(&alice), b.connect(&alice));
+        // The loser is closed once its node sees the winner's entry, however late that
+        // comes on a loaded machine; the winner stays.
+        let until_closed = async |player: &mut Player| loop {
+            if let Some(Received::Closed(close)) = player.next_within(FAILOVER).await {
+                return close;
             }
-            if !closed {
-                open.push(player);
+        };
+        let (loser, close) = tokio::time::timeout(FAILOVER, async {
+            tokio::select! {
+                close = until_closed(&mut one) => (0, close),
+                close = until_closed(&mut two) => (1, close),
+            }
+        })
+        .await
+        .expect("one of the two logins is closed");
+        assert_eq!(close.map(|(code, _)| code), Some(4001));
+        let mut winner = if loser == 0 { two } else { one };
+        while let Some(received) = winner.next_within(Duration::from_millis(1500)).await {
+            if let Received::Closed(close) = received {
+                panic!("both logins were closed; the second with {close:?}");
             }
         }
-        assert_eq!(open.len(), 1, "exactly one of the two logins stays");
         let who = bob.reply("who").await;
         assert_eq!(
             who.data["result"], "Players online (2): Alice, Bob",
@@ -586,6 +593,45 @@ async fn a_nats_server_stalled_past_the_node_ttl_closes_nobody() {
     a.nats.thaw();
     // Past the time the others take to write a node off after the bucket is back (twice
     // the TTL) and then some.
+    both_stay_for(
+        &mut alice,
+        &mut bob,
+        Duration::from_secs(6),
+        "Players online (2): Alice, Bob",
+    )
+    .await;
+}
+
+/// The NATS server answers, but late: stalls of 1.2 s, each followed by 0.15 s awake, for
+/// 8 s. Every write succeeds within the publish timeout, yet a heartbeat renewed every third
+/// of a 1 s TTL is stored more than a TTL after the last one and lapses. A bucket that
+/// slow is trouble like one that fails: nobody is closed or written off. (Before, with no
+/// failure to explain the lapse, both nodes closed all their players with 4008, as the
+/// overloaded test machine once did in `a_presence_leader_election_…`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_answering_late_closes_nobody() {
+    let fast = |config: &mut natsmud::config::Config| {
+        config.tick_interval_ms = 200;
+        config.tick_lease_secs = 1;
+        config.node_ttl_secs = 1;
+    };
+    let a = TestApp::spawn_with(fast).await;
+    let b = a.another_node(fast).await;
+    let (mut alice, mut bob) = common::alice_and_bob(&a, &b).await;
+
+    let slow_since = Instant::now();
+    while slow_since.elapsed() < Duration::from_secs(8) {
+        a.nats.freeze();
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        a.nats.thaw();
+        for player in [&mut alice, &mut bob] {
+            if let Some(Received::Closed(close)) =
+                player.next_within(Duration::from_millis(75)).await
+            {
+                panic!("{} was closed: {close:?}", player.name);
+            }
+        }
+    }
     both_stay_for(
         &mut alice,
         &mut bob,

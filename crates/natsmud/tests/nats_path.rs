@@ -434,14 +434,7 @@ async fn nats_going_away_fails_fast_and_the_server_recovers_when_it_returns() {
         let reason = player.expect_closed_with(4008).await;
         assert!(reason.starts_with("events_lost"), "{reason}");
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while app.get("/health").await.0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "natsmud did not reconnect to NATS"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_until_ready(Duration::from_secs(15)).await;
     let mut alice = app.rejoin(&alice).await;
     let mut bob = app.rejoin(&bob).await;
     // (Bob's closed connection may announce his departure before he is back.)

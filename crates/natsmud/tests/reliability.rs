@@ -68,7 +68,7 @@ async fn a_thirty_second_nats_outage_is_ridden_out() {
         let reason = player.expect_closed_with(4008).await;
         assert!(reason.starts_with("events_lost"), "{reason}");
     }
-    wait_for_health(&app, 200, Duration::from_secs(15)).await;
+    app.wait_until_ready(Duration::from_secs(15)).await;
     let mut alice = app.rejoin(&alice).await;
     let mut bob = app.rejoin(&bob).await;
     while alice.next_within(common::QUIET).await.is_some() {}
@@ -169,6 +169,7 @@ async fn a_server_started_without_nats_reports_degraded_and_heals() {
         TestApp::spawn_with(|config| config.nats_url = format!("nats://127.0.0.1:{port}")).await;
     let (status, health) = app.get("/health").await;
     assert_eq!((status, health["status"].as_str()), (503, Some("degraded")));
+    assert_eq!(health["presence"], "unavailable");
     // Players can still log in and look around.
     let mut alice = app.join("Alice").await;
     let mut bob = app.join("Bob").await;
@@ -182,7 +183,7 @@ async fn a_server_started_without_nats_reports_degraded_and_heals() {
         let reason = player.expect_closed_with(4008).await;
         assert!(reason.starts_with("events_lost"), "{reason}");
     }
-    wait_for_health(&app, 200, Duration::from_secs(15)).await;
+    app.wait_until_ready(Duration::from_secs(15)).await;
     let mut alice = app.rejoin(&alice).await;
     let mut bob = app.rejoin(&bob).await;
     while alice.next_within(common::QUIET).await.is_some() {}

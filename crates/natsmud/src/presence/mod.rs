@@ -273,7 +273,7 @@ impl Presence {
     /// `who` and greetings would miss players of other nodes.
     pub async fn ready(&self, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
-        while !(self.0.roster.is_current() && self.heartbeat_held().is_ok()) {
+        while !self.is_ready() {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
@@ -282,12 +282,25 @@ impl Presence {
         true
     }
 
+    /// Whether a login here now gets an entry every node sees, and a roster of the whole
+    /// world (before that, players are let in on this node only and closed once it is).
+    pub fn is_ready(&self) -> bool {
+        self.0.roster.is_current() && self.heartbeat_held().is_ok()
+    }
+
     fn troubled(&self) {
         *self.0.trouble.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(tokio::time::Instant::now());
     }
 
-    /// Whether the bucket has answered this node for `window` (since its last failure).
+    /// A write answered this late counts as trouble: a heartbeat renewed every third of
+    /// the TTL and stored this late may lapse all the same, and a bucket this slow for one
+    /// node is as slow for the others (they must not take each other for dead).
+    fn slow_answer(&self) -> Duration {
+        self.0.settings.node_ttl / 3
+    }
+
+    /// Whether the bucket has answered this node, and in time, for `window`.
     fn calm_for(&self, window: Duration) -> bool {
         self.0
             .trouble
@@ -366,13 +379,18 @@ impl Presence {
             headers.insert("KV-Operation", "DEL");
         }
         let subject = format!("$KV.{store_name}.{key}");
+        let began = tokio::time::Instant::now();
         let sent = self
             .0
             .js
             .publish_with_headers(subject, headers, value.clone())
             .await
             .map_err(|e| PresenceError::Unavailable(e.to_string()))?;
-        match sent.await {
+        let answer = sent.await;
+        if began.elapsed() > self.slow_answer() {
+            self.troubled();
+        }
+        match answer {
             Ok(ack) => Ok(Written::Ok(ack.sequence)),
             Err(error) => match error.kind() {
                 jetstream::context::PublishErrorKind::WrongLastSequence => Ok(Written::Conflict),

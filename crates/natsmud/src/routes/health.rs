@@ -20,6 +20,7 @@ pub async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
         Json(json!({
             "status": status,
             "nats": if nats_ok { "connected" } else { "reconnecting" },
+            "presence": if app.presence.is_ready() { "ready" } else { "unavailable" },
             "node_id": app.node_id,
             "tick_leader": app.presence.is_tick_leader(),
             "players_online": app.presence.roster().count(),

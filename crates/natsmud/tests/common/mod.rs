@@ -308,6 +308,23 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Waits until `/health` says the node serves, with the world's presence: a login
+    /// before that is let in on this node only, and closed again once presence answers.
+    pub async fn wait_until_ready(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (status, health) = self.get("/health").await;
+            if status == 200 && health["presence"] == "ready" {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the node was not ready within {within:?}: {status} {health}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Registers `name` with a fixed password; returns the access token.
     pub async fn register(&self, name: &str) -> Account {
         let (status, body) = self
