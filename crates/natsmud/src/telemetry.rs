@@ -13,7 +13,8 @@
 //! - `nats_connected` (gauge, 0/1), `nats_reconnects_total`, `nats_slow_consumer_total`.
 //! - `presence_lost_total`: times this node's heartbeat expired and its players were
 //!   closed; `heartbeat_renewed_total`: times it lapsed while the presence bucket could
-//!   not answer, or answered late (a JetStream election, an overloaded server) and was renewed, its players kept;
+//!   not answer or answered late (a JetStream election, an overloaded server) and was
+//!   renewed, its players kept;
 //!   `presence_written_off_total`: players of dead nodes whose departure this node
 //!   announced; `tick_leader` (gauge, 0/1): whether this node holds the tick lease.
 //! - `nats_in_messages_total`, `nats_out_messages_total`, `nats_in_bytes_total`,
