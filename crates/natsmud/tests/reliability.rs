@@ -158,6 +158,52 @@ async fn a_quit_after_a_move_whose_answer_a_stall_lost_is_announced_at_once() {
     );
 }
 
+/// The same lost answer, then nothing: the player idles past the time after which a node
+/// writes off an entry of its own that no connection of its holds (10 s). The entry is
+/// the idle connection's own write, so it is taken as that connection's, not written off:
+/// the player stays, unannounced (before, it was written off, announced as gone from the
+/// refused move's room and closed with 4008).
+#[tokio::test]
+async fn a_player_idle_after_a_move_whose_answer_a_stall_lost_stays() {
+    let app = TestApp::spawn().await;
+    let start = common::world().start_room.to_string();
+    let (direction, _) = common::some_exit(&start);
+    let mut alice = app.join("Alice").await;
+    let mut bob = app.join("Bob").await;
+    alice.expect(EventType::PlayerEnteredGame).await;
+
+    app.nats.freeze();
+    alice.command(&format!("go {direction}")).await;
+    let refused = alice
+        .until_within(EventType::Error, Duration::from_secs(15))
+        .await;
+    assert_eq!(
+        refused.data_str("code"),
+        "event_bus_unavailable",
+        "{refused:?}"
+    );
+    app.nats.thaw();
+
+    let idle = Instant::now();
+    while idle.elapsed() < Duration::from_secs(14) {
+        for player in [&mut alice, &mut bob] {
+            match player.next_within(Duration::from_millis(100)).await {
+                Some(common::Received::Closed(close)) => {
+                    panic!("{} was closed: {close:?}", player.name)
+                }
+                Some(common::Received::Frame(frame)) => {
+                    assert_ne!(frame.event_type, EventType::PlayerLeftGame, "{frame:?}");
+                }
+                None => {}
+            }
+        }
+    }
+    assert_eq!(
+        bob.reply("who").await.data["result"],
+        "Players online (2): Alice, Bob"
+    );
+}
+
 #[tokio::test]
 async fn a_server_started_without_nats_reports_degraded_and_heals() {
     // A port with no NATS on it yet.

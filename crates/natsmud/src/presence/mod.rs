@@ -182,6 +182,9 @@ struct Inner {
     /// when it is back, so other nodes' players do not keep a ghost.
     unannounced: std::sync::Mutex<Vec<Departure>>,
     heartbeat: AtomicU64,
+    /// Whether this node's last heartbeat renewal was answered: until it is again after a
+    /// failure, logins may not get an entry.
+    heartbeat_answered: AtomicBool,
     /// When the bucket last failed to answer this node (a JetStream leader election, a
     /// lost connection). Heartbeats lapse in an outage longer than the node TTL without
     /// any node dying: judging a node dead waits until the bucket has answered for a
@@ -237,6 +240,7 @@ impl Presence {
             lease_free: tokio::sync::Notify::new(),
             unannounced: std::sync::Mutex::new(Vec::new()),
             heartbeat: AtomicU64::new(0),
+            heartbeat_answered: AtomicBool::new(false),
             trouble: std::sync::Mutex::new(None),
             watched: tokio::sync::watch::Sender::new(0),
         }))
@@ -285,7 +289,9 @@ impl Presence {
     /// Whether a login here now gets an entry every node sees, and a roster of the whole
     /// world (before that, players are let in on this node only and closed once it is).
     pub fn is_ready(&self) -> bool {
-        self.0.roster.is_current() && self.heartbeat_held().is_ok()
+        self.0.roster.is_current()
+            && self.0.heartbeat_answered.load(Ordering::Acquire)
+            && self.heartbeat_held().is_ok()
     }
 
     fn troubled(&self) {
@@ -293,11 +299,12 @@ impl Presence {
             Some(tokio::time::Instant::now());
     }
 
-    /// A write answered this late counts as trouble: a heartbeat renewed every third of
-    /// the TTL and stored this late may lapse all the same, and a bucket this slow for one
-    /// node is as slow for the others (they must not take each other for dead).
+    /// A write answered this late counts as trouble: heartbeats renewed every third of the
+    /// TTL, each answered this late, are stored more than a TTL apart and lapse with every
+    /// write succeeding; and a bucket this slow for one node is as slow for the others
+    /// (they must not take each other for dead).
     fn slow_answer(&self) -> Duration {
-        self.0.settings.node_ttl / 3
+        self.0.settings.node_ttl / 2
     }
 
     /// Whether the bucket has answered this node, and in time, for `window`.
@@ -582,7 +589,7 @@ impl Presence {
                 },
             }
         }
-        Ok(None)
+        Err(PresenceError::Contended)
     }
 
     /// Keeps the player in the world with no connection (link-dead) for the grace period,
@@ -817,6 +824,7 @@ impl Presence {
             }
             if self.store().is_err() {
                 self.troubled();
+                self.0.heartbeat_answered.store(false, Ordering::Release);
                 failing = true;
                 continue;
             }
@@ -838,11 +846,13 @@ impl Presence {
                 ),
                 Err(error) => {
                     self.troubled();
+                    self.0.heartbeat_answered.store(false, Ordering::Release);
                     failing = true;
                     tracing::warn!(%error, "could not renew this node's heartbeat");
                     continue;
                 }
             }
+            self.0.heartbeat_answered.store(true, Ordering::Release);
             if std::mem::take(&mut failing) {
                 // Players let in meanwhile hold no entry: nobody elsewhere sees them.
                 let kicked = self.0.manager.kick_unclaimed(CloseReason::EVENTS_LOST);
@@ -1007,6 +1017,16 @@ impl Presence {
                 else {
                     continue;
                 };
+                if let Some(holder) = &seen.holder
+                    && holder.connection != LINK_DEAD
+                    && self
+                        .0
+                        .manager
+                        .adopt_own_presence(&player, holder.connection, revision)
+                {
+                    tracing::info!(player = %seen.name, revision, "a connection's write whose answer was lost is its own");
+                    continue;
+                }
                 let since = unheld
                     .get(&player)
                     .filter(|(revision, _)| *revision == seen.revision)

@@ -694,6 +694,26 @@ impl ConnectionManager {
             .is_some_and(|member| member.presence.load(Ordering::Acquire) >= revision)
     }
 
+    /// Takes `revision` as the one the player's connection `connection` holds, if that
+    /// connection is here and holds an older one: the entry is a write of its own whose
+    /// answer was lost (a move refused for the silence, stored all the same). True when
+    /// the connection holds `revision` (or a newer one) now.
+    pub fn adopt_own_presence(&self, player: &PlayerId, connection: u64, revision: u64) -> bool {
+        let Some(member) = self.shard(player.as_str()).by_id.get(player).cloned() else {
+            return false;
+        };
+        if member.connection != connection {
+            return false;
+        }
+        // Only ever raised, and never from 0 (a connection let in without an entry).
+        member
+            .presence
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held != 0 && held < revision).then_some(revision)
+            })
+            .map_or_else(|held| held >= revision, |_| true)
+    }
+
     /// Closes every open connection with `reason`, still accepting new ones.
     pub fn kick_all(&self, reason: CloseReason) {
         for shard in &self.shards {
