@@ -386,18 +386,25 @@ impl Presence {
             headers.insert("KV-Operation", "DEL");
         }
         let subject = format!("$KV.{store_name}.{key}");
-        let began = tokio::time::Instant::now();
         let sent = self
             .0
             .js
             .publish_with_headers(subject, headers, value.clone())
             .await
-            .map_err(|e| PresenceError::Unavailable(e.to_string()))?;
-        let answer = sent.await;
-        if began.elapsed() > self.slow_answer() {
-            self.troubled();
-        }
-        match answer {
+            .map_err(|e| {
+                self.troubled();
+                PresenceError::Unavailable(e.to_string())
+            })?;
+        // Trouble while the answer is late, not only once it comes: a node judging others
+        // must not find itself calm while its own write hangs.
+        let mut waiting = std::pin::pin!(sent.into_future());
+        let answer = loop {
+            match tokio::time::timeout(self.slow_answer(), waiting.as_mut()).await {
+                Ok(answer) => break answer,
+                Err(_) => self.troubled(),
+            }
+        };
+        let written = match answer {
             Ok(ack) => Ok(Written::Ok(ack.sequence)),
             Err(error) => match error.kind() {
                 jetstream::context::PublishErrorKind::WrongLastSequence => Ok(Written::Conflict),
@@ -417,7 +424,11 @@ impl Presence {
                 }
                 _ => Err(PresenceError::Unavailable(error.to_string())),
             },
+        };
+        if written.is_err() {
+            self.troubled();
         }
+        written
     }
 
     /// The current entry of `key`: its revision and value, or the revision of the marker
