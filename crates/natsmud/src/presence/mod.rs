@@ -974,7 +974,10 @@ impl Presence {
         let mut every =
             tokio::time::interval((self.0.settings.node_ttl / 2).max(Duration::from_millis(250)));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut orphans_waiting: Option<Instant> = None;
+        // When each dead-looking node (and run) was first seen so while the bucket was in
+        // trouble: one node's wait must not shorten another's.
+        let mut orphans_waiting: std::collections::HashMap<(Arc<str>, Arc<str>), Instant> =
+            std::collections::HashMap::new();
         let mut unheld: std::collections::HashMap<PlayerId, (u64, Instant)> =
             std::collections::HashMap::new();
         loop {
@@ -996,12 +999,20 @@ impl Presence {
             // must not keep a dead node's players listed.
             let mut orphans = self.0.roster.orphans(&self.0.own);
             if orphans.is_empty() || self.calm_for(self.outage_settles()) {
-                orphans_waiting = None;
+                orphans_waiting.clear();
             } else {
-                let since = *orphans_waiting.get_or_insert_with(Instant::now);
-                if since.elapsed() < self.outage_settles() * ORPHANS_WAIT_MOST {
-                    orphans.clear();
-                }
+                let now = Instant::now();
+                let mut waiting = std::collections::HashMap::new();
+                orphans.retain(|(_, seen)| {
+                    let Some(holder) = &seen.holder else {
+                        return false;
+                    };
+                    let run = (holder.node.clone(), holder.incarnation.clone());
+                    let since = orphans_waiting.get(&run).copied().unwrap_or(now);
+                    waiting.insert(run, since);
+                    now.duration_since(since) >= self.outage_settles() * ORPHANS_WAIT_MOST
+                });
+                orphans_waiting = waiting;
             }
             for (player, seen) in orphans {
                 if grace.is_zero() {
