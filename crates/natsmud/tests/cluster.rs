@@ -579,14 +579,7 @@ async fn a_presence_leader_election_longer_than_the_node_ttl_closes_nobody() {
 /// closed or written off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_server_stalled_past_the_node_ttl_closes_nobody() {
-    let fast = |config: &mut natsmud::config::Config| {
-        config.tick_interval_ms = 200;
-        config.tick_lease_secs = 1;
-        config.node_ttl_secs = 1;
-    };
-    let a = TestApp::spawn_with(fast).await;
-    let b = a.another_node(fast).await;
-    let (mut alice, mut bob) = common::alice_and_bob(&a, &b).await;
+    let (a, _b, mut alice, mut bob) = two_fast_nodes_on_one_server().await;
 
     a.nats.freeze();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -610,14 +603,7 @@ async fn a_nats_server_stalled_past_the_node_ttl_closes_nobody() {
 /// overloaded test machine once did in `a_presence_leader_election_…`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_server_answering_late_closes_nobody() {
-    let fast = |config: &mut natsmud::config::Config| {
-        config.tick_interval_ms = 200;
-        config.tick_lease_secs = 1;
-        config.node_ttl_secs = 1;
-    };
-    let a = TestApp::spawn_with(fast).await;
-    let b = a.another_node(fast).await;
-    let (mut alice, mut bob) = common::alice_and_bob(&a, &b).await;
+    let (a, _b, mut alice, mut bob) = two_fast_nodes_on_one_server().await;
 
     let slow_since = Instant::now();
     while slow_since.elapsed() < Duration::from_secs(8) {
@@ -642,6 +628,20 @@ async fn a_nats_server_answering_late_closes_nobody() {
         "Players online (2): Alice, Bob",
     )
     .await;
+}
+
+/// Two nodes on one NATS server with a node TTL of 1 s (and a fast tick and lease), Alice
+/// on the first and Bob on the second.
+async fn two_fast_nodes_on_one_server() -> (TestApp, TestApp, Player, Player) {
+    let fast = |config: &mut natsmud::config::Config| {
+        config.tick_interval_ms = 200;
+        config.tick_lease_secs = 1;
+        config.node_ttl_secs = 1;
+    };
+    let a = TestApp::spawn_with(fast).await;
+    let b = a.another_node(fast).await;
+    let (alice, bob) = common::alice_and_bob(&a, &b).await;
+    (a, b, alice, bob)
 }
 
 /// Neither player is closed for `settle`; then both are listed and ticks reach them.

@@ -81,16 +81,12 @@ async fn a_thirty_second_nats_outage_is_ridden_out() {
 /// move finds the entry a revision ahead of what its connection holds, written by that
 /// same connection: not a takeover (the node closed it with 4001 `replaced` and an
 /// `internal` error before), and the move goes through.
-#[tokio::test]
-async fn a_move_whose_answer_a_stall_lost_is_not_taken_for_a_takeover() {
-    let app = TestApp::spawn().await;
-    let start = common::world().start_room.to_string();
-    let (direction, next_room) = common::some_exit(&start);
-    let mut alice = app.join("Alice").await;
-
+/// NATS stalls while the player's move is on its way: the node gives up on the answer and
+/// refuses the move; NATS wakes (and stores the presence write) as this returns.
+async fn a_move_refused_for_a_stall(app: &TestApp, player: &mut common::Player, direction: &str) {
     app.nats.freeze();
-    alice.command(&format!("go {direction}")).await;
-    let refused = alice
+    player.command(&format!("go {direction}")).await;
+    let refused = player
         .until_within(EventType::Error, Duration::from_secs(15))
         .await;
     assert_eq!(
@@ -99,6 +95,30 @@ async fn a_move_whose_answer_a_stall_lost_is_not_taken_for_a_takeover() {
         "{refused:?}"
     );
     app.nats.thaw();
+}
+
+/// Alice and Bob in the start room (returned), and Alice's move out of it refused for a
+/// stall of NATS, its presence write stored all the same.
+async fn alice_and_bob_after_a_move_a_stall_lost()
+-> (TestApp, String, common::Player, common::Player) {
+    let app = TestApp::spawn().await;
+    let start = common::world().start_room.to_string();
+    let (direction, _) = common::some_exit(&start);
+    let mut alice = app.join("Alice").await;
+    let bob = app.join("Bob").await;
+    alice.expect(EventType::PlayerEnteredGame).await;
+    a_move_refused_for_a_stall(&app, &mut alice, &direction).await;
+    (app, start, alice, bob)
+}
+
+#[tokio::test]
+async fn a_move_whose_answer_a_stall_lost_is_not_taken_for_a_takeover() {
+    let app = TestApp::spawn().await;
+    let start = common::world().start_room.to_string();
+    let (direction, next_room) = common::some_exit(&start);
+    let mut alice = app.join("Alice").await;
+
+    a_move_refused_for_a_stall(&app, &mut alice, &direction).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     alice.command(&format!("go {direction}")).await;
@@ -126,24 +146,7 @@ async fn a_move_whose_answer_a_stall_lost_is_not_taken_for_a_takeover() {
 /// said nothing; the sweep wrote the player off later, in the refused move's room).
 #[tokio::test]
 async fn a_quit_after_a_move_whose_answer_a_stall_lost_is_announced_at_once() {
-    let app = TestApp::spawn().await;
-    let start = common::world().start_room.to_string();
-    let (direction, _) = common::some_exit(&start);
-    let mut alice = app.join("Alice").await;
-    let mut bob = app.join("Bob").await;
-    alice.expect(EventType::PlayerEnteredGame).await;
-
-    app.nats.freeze();
-    alice.command(&format!("go {direction}")).await;
-    let refused = alice
-        .until_within(EventType::Error, Duration::from_secs(15))
-        .await;
-    assert_eq!(
-        refused.data_str("code"),
-        "event_bus_unavailable",
-        "{refused:?}"
-    );
-    app.nats.thaw();
+    let (_app, start, mut alice, mut bob) = alice_and_bob_after_a_move_a_stall_lost().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     alice.command("quit").await;
@@ -165,24 +168,7 @@ async fn a_quit_after_a_move_whose_answer_a_stall_lost_is_announced_at_once() {
 /// refused move's room and closed with 4008).
 #[tokio::test]
 async fn a_player_idle_after_a_move_whose_answer_a_stall_lost_stays() {
-    let app = TestApp::spawn().await;
-    let start = common::world().start_room.to_string();
-    let (direction, _) = common::some_exit(&start);
-    let mut alice = app.join("Alice").await;
-    let mut bob = app.join("Bob").await;
-    alice.expect(EventType::PlayerEnteredGame).await;
-
-    app.nats.freeze();
-    alice.command(&format!("go {direction}")).await;
-    let refused = alice
-        .until_within(EventType::Error, Duration::from_secs(15))
-        .await;
-    assert_eq!(
-        refused.data_str("code"),
-        "event_bus_unavailable",
-        "{refused:?}"
-    );
-    app.nats.thaw();
+    let (_app, _, mut alice, mut bob) = alice_and_bob_after_a_move_a_stall_lost().await;
 
     let idle = Instant::now();
     while idle.elapsed() < Duration::from_secs(14) {
